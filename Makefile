@@ -1,0 +1,54 @@
+# Everyday commands. `make run` brings up the whole platform with a demo tenant; `make test` runs
+# the test suite. Both create the virtualenv in .venv on first use.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run web worker beat emulator test lint format typecheck migrations-check ci clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) scripts/run_platform.py
+
+web: $(STAMP)
+	$(PY) manage.py runserver
+
+worker: $(STAMP)
+	$(VENV)/bin/celery -A addon_project worker --loglevel=INFO
+
+beat: $(STAMP)
+	$(VENV)/bin/celery -A addon_project beat --loglevel=INFO
+
+emulator: $(STAMP)
+	$(PY) manage.py shoptet_emulator
+
+test: $(STAMP)
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy .
+
+migrations-check: $(STAMP)
+	$(PY) manage.py makemigrations --check --dry-run
+
+ci: lint typecheck migrations-check test
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test_db.sqlite3

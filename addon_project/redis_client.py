@@ -1,0 +1,20 @@
+"""One redis-py client per process for the token store, locks and health checks."""
+
+from __future__ import annotations
+
+import functools
+
+import redis
+from django.conf import settings
+
+
+@functools.cache
+def get_redis() -> redis.Redis:
+    """Return the process-wide Redis client (a connection pool; safe across threads)."""
+    # Short timeouts: a dead Redis must make callers fall back quickly, not hang a request.
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_connect_timeout=1.0,
+        socket_timeout=2.0,
+        health_check_interval=30,
+    )

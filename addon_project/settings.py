@@ -1,0 +1,287 @@
+"""Settings, all from the environment (12-factor). Every variable is in .env.example and the README."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import django_stubs_ext
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+django_stubs_ext.monkeypatch()
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# A .env file is optional; real environment variables override it.
+environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+
+
+def env_strict_bool(name: str, *, default: bool) -> bool:
+    """Read a flag whose `False` side is the safe one only from an explicit spelling.
+
+    django-environ reads any unknown string as False; for flags where a typo must not silently
+    weaken security or change behaviour, refuse anything but the usual spellings.
+    """
+    raw = env.str(name, default="").strip().lower()
+    if raw == "":
+        return default
+    if raw in {"1", "true", "yes", "on"}:
+        return True
+    if raw in {"0", "false", "no", "off"}:
+        return False
+    raise ImproperlyConfigured(f"{name} must be true or false, not {raw!r}")
+
+
+def env_required(name: str, *, debug_default: str) -> str:
+    """A secret that production must set; development gets a harmless default."""
+    if DEBUG:
+        return env.str(name, default=debug_default)
+    value = env.str(name, default="")
+    if not value:
+        raise ImproperlyConfigured(
+            f"{name} must be set (it has a default only when DEBUG=True)"
+        )
+    return value
+
+
+def env_list(name: str, *, default: list[str]) -> list[str]:
+    """A comma list without blank items (`NAME=` in a .env file means "empty", not `[""]`)."""
+    return [item.strip() for item in env.list(name, default=default) if item.strip()]
+
+
+DEBUG = env_strict_bool("DEBUG", default=False)
+
+SECRET_KEY = env_required("SECRET_KEY", debug_default="dev-only-insecure-secret-key")
+
+ALLOWED_HOSTS = env_list(
+    "ALLOWED_HOSTS", default=["localhost", "127.0.0.1"] if DEBUG else []
+)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "eshops",
+    "oauth",
+    "shoptet_api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "addon_project.urls"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+WSGI_APPLICATION = "addon_project.wsgi.application"
+
+DATABASES = {
+    "default": env.db("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'db.sqlite3'}")
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # IMMEDIATE transactions plus a busy timeout let concurrent writers queue instead of failing
+    # with "database is locked"; tests use a file database so threads do not share a connection.
+    DATABASES["default"].setdefault("OPTIONS", {}).update(
+        {"transaction_mode": "IMMEDIATE", "timeout": 20}
+    )
+    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
+    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {
+        "NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"
+    },
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+
+# Security: production defaults are strict; DEBUG relaxes only what a laptop needs.
+# Behind a TLS-terminating proxy, X-Forwarded-Proto tells Django the request was https.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+SECURE_SSL_REDIRECT = env_strict_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
+# Load balancers probe health over plain http.
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+SECURE_HSTS_SECONDS = 0 if DEBUG else env.int("SECURE_HSTS_SECONDS", default=31_536_000)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
+SECURE_HSTS_PRELOAD = not DEBUG
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", default=[])
+
+# Redis: Celery broker, token store, locks, cache.
+REDIS_URL = env.str("REDIS_URL", default="redis://127.0.0.1:6379/0")
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "shoptet-cache",
+    }
+}
+
+# Secrets at rest: comma list of Fernet keys, newest first (the first encrypts, all decrypt).
+FIELD_ENCRYPTION_KEYS = env_list(
+    "FIELD_ENCRYPTION_KEYS",
+    # A fixed, public development key: never valid outside DEBUG (env_required refuses it empty).
+    default=["ZGV2LW9ubHktZmllbGQtZW5jcnlwdGlvbi1rZXktMDA="] if DEBUG else [],
+)
+if not FIELD_ENCRYPTION_KEYS:
+    raise ImproperlyConfigured(
+        "FIELD_ENCRYPTION_KEYS must be set (comma list of Fernet keys, newest first); "
+        'make one with: python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"'
+    )
+
+# Shoptet. Client id/secret, OAuth URL and redirect URI come from "Access to API" in the partner
+# admin; they are required for installs (the install view refuses clearly without them).
+SHOPTET_CLIENT_ID = env.str("SHOPTET_CLIENT_ID", default="")
+SHOPTET_CLIENT_SECRET = env.str("SHOPTET_CLIENT_SECRET", default="")
+SHOPTET_OAUTH_URL = env.str("SHOPTET_OAUTH_URL", default="")
+SHOPTET_REDIRECT_URI = env.str("SHOPTET_REDIRECT_URI", default="")
+SHOPTET_API_URL = env.str("SHOPTET_API_URL", default="https://api.myshoptet.com")
+# Plain http:// Shoptet URLs only when asked for explicitly (the emulator on loopback).
+SHOPTET_ALLOW_HTTP = env_strict_bool("SHOPTET_ALLOW_HTTP", default=False)
+
+for _name in ("SHOPTET_OAUTH_URL", "SHOPTET_API_URL"):
+    _url = globals()[_name]
+    if (
+        _url
+        and not _url.startswith("https://")
+        and not (SHOPTET_ALLOW_HTTP and _url.startswith("http://"))
+    ):
+        raise ImproperlyConfigured(
+            f"{_name} must be an https:// URL (set SHOPTET_ALLOW_HTTP=true to use the http:// emulator)"
+        )
+if SHOPTET_OAUTH_URL and not SHOPTET_OAUTH_URL.endswith("/"):
+    # `token` and `getAccessToken` hang off this base; a missing slash would replace its last segment.
+    SHOPTET_OAUTH_URL += "/"
+
+# Outbound HTTP timeouts (seconds). The install exchange must fit Shoptet's 5 s budget for the
+# whole callback, so its read timeout is short and there is no retry.
+SHOPTET_CONNECT_TIMEOUT = env.float("SHOPTET_CONNECT_TIMEOUT", default=2.0)
+SHOPTET_READ_TIMEOUT = env.float("SHOPTET_READ_TIMEOUT", default=30.0)
+SHOPTET_INSTALL_READ_TIMEOUT = env.float("SHOPTET_INSTALL_READ_TIMEOUT", default=3.0)
+
+# API access tokens (shoptet_api/tokens.py). Renew when a token has less than
+# min(MARGIN, MARGIN_FRACTION * expires_in) seconds left; at most TOKEN_CAP valid tokens per e-shop
+# (Shoptet allows 5; the default keeps one spare for people debugging by hand).
+SHOPTET_REDIS_PREFIX = env.str("SHOPTET_REDIS_PREFIX", default="shoptet")
+SHOPTET_TOKEN_RENEW_MARGIN = env.float("SHOPTET_TOKEN_RENEW_MARGIN", default=120.0)
+SHOPTET_TOKEN_RENEW_MARGIN_FRACTION = env.float(
+    "SHOPTET_TOKEN_RENEW_MARGIN_FRACTION", default=0.04
+)
+SHOPTET_TOKEN_CAP = env.int("SHOPTET_TOKEN_CAP", default=4)
+if not 1 <= SHOPTET_TOKEN_CAP <= 5:
+    raise ImproperlyConfigured(
+        "SHOPTET_TOKEN_CAP must be between 1 and 5 (Shoptet allows 5 valid tokens)"
+    )
+SHOPTET_TOKEN_DEFAULT_LIFETIME = env.float(
+    "SHOPTET_TOKEN_DEFAULT_LIFETIME", default=1800.0
+)
+# getAccessToken must answer well inside the renewal lock's lifetime.
+SHOPTET_TOKEN_READ_TIMEOUT = env.float("SHOPTET_TOKEN_READ_TIMEOUT", default=10.0)
+SHOPTET_TOKEN_LOCK_TTL = env.float("SHOPTET_TOKEN_LOCK_TTL", default=15.0)
+SHOPTET_TOKEN_WAIT_TIMEOUT = env.float("SHOPTET_TOKEN_WAIT_TIMEOUT", default=15.0)
+# Proactive renewal (beat): every SWEEP_INTERVAL seconds, renew tokens of e-shops that used the API
+# within ACTIVE_WINDOW seconds and whose token would otherwise need renewing before the next sweep.
+SHOPTET_TOKEN_SWEEP_INTERVAL = env.float("SHOPTET_TOKEN_SWEEP_INTERVAL", default=60.0)
+SHOPTET_TOKEN_ACTIVE_WINDOW = env.float("SHOPTET_TOKEN_ACTIVE_WINDOW", default=900.0)
+
+# API client (shoptet_api/client.py).
+SHOPTET_MAX_IN_FLIGHT = env.int("SHOPTET_MAX_IN_FLIGHT", default=3)
+SHOPTET_RETRY_MAX_ATTEMPTS = env.int("SHOPTET_RETRY_MAX_ATTEMPTS", default=4)
+SHOPTET_RETRY_MAX_TIME = env.float("SHOPTET_RETRY_MAX_TIME", default=60.0)
+SHOPTET_RETRY_AFTER_CAP = env.float("SHOPTET_RETRY_AFTER_CAP", default=30.0)
+SHOPTET_BUCKET_SLOWDOWN_AT = env.float("SHOPTET_BUCKET_SLOWDOWN_AT", default=0.75)
+SHOPTET_BUCKET_LEAK_PER_SECOND = env.float(
+    "SHOPTET_BUCKET_LEAK_PER_SECOND", default=10.0
+)
+
+# Optional allow-list of networks the install callback may come from (off when empty). Shoptet's
+# published ranges: 78.24.15.64/26, 93.185.110.117/28 (older page), 185.184.254.0/24 (webhooks).
+SHOPTET_INSTALL_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(net, strict=False)
+    for net in env_list("SHOPTET_INSTALL_ALLOWED_NETWORKS", default=[])
+]
+# How many reverse proxies in front of us append to X-Forwarded-For. 0 = use REMOTE_ADDR and
+# ignore the header entirely (a client can write anything into it).
+NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+
+# Celery
+CELERY_BROKER_URL = REDIS_URL
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 300
+CELERY_TASK_SOFT_TIME_LIMIT = 240
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Publishing happens on request paths (after commit): never block a request for long on a broker
+# outage. A missed enqueue is picked up by the periodic sweep.
+CELERY_BROKER_TRANSPORT_OPTIONS = {"socket_connect_timeout": 2, "socket_timeout": 5}
+CELERY_TASK_PUBLISH_RETRY_POLICY = {
+    "max_retries": 2,
+    "interval_start": 0,
+    "interval_step": 0.2,
+}
+CELERY_TASK_ALWAYS_EAGER = env_strict_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "renew-expiring-tokens": {
+        "task": "shoptet_api.renew_expiring_tokens",
+        "schedule": SHOPTET_TOKEN_SWEEP_INTERVAL,
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
+    "loggers": {
+        # urllib3 logs full URLs at DEBUG; keep it quiet so a query string never reaches a log.
+        "urllib3": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,13 @@
+from __future__ import annotations
+
+from django.contrib import admin
+from django.urls import include, path
+
+from addon_project import health
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("oauth/", include("oauth.urls")),
+    path("healthz", health.healthz, name="healthz"),
+    path("readyz", health.readyz, name="readyz"),
+]

@@ -1,0 +1,67 @@
+"""Install flow: Shoptet's install code → OAuth token → stored tenant."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
+
+from eshops.models import Eshop
+from shoptet_api.oauth import exchange_code
+
+logger = logging.getLogger(__name__)
+
+
+@sensitive_variables("grant")
+def install_addon(*, code: str) -> Eshop:
+    """Exchange `code`, then create or reactivate the e-shop with its new OAuth token.
+
+    The exchange runs before the transaction opens, so no database transaction waits on Shoptet.
+    The upsert is keyed by `eshopId` under a row lock: concurrent callbacks for one shop end as
+    one row, and a reinstall replaces the token and keeps everything else the tenant had.
+    """
+    grant = exchange_code(code=code)
+    received_at = timezone.now()
+    with transaction.atomic():
+        eshop, created = Eshop.objects.select_for_update().get_or_create(
+            eshop_id=grant.eshop_id,
+            defaults={
+                "url": grant.eshop_url,
+                "contact_email": grant.contact_email,
+                "trial": grant.trial,
+                "oauth_access_token": grant.access_token,
+                "oauth_token_received_at": received_at,
+                "installed_at": received_at,
+                "last_installed_at": received_at,
+            },
+        )
+        if not created:
+            stored_at = eshop.oauth_token_received_at
+            if stored_at is None or stored_at <= received_at:
+                eshop.oauth_access_token = grant.access_token
+                eshop.oauth_token_received_at = received_at
+            else:
+                # Two installs for one shop raced and the other answer came later: its token is
+                # the one Shoptet issued last, so it stays.
+                logger.warning("install: eshop_id=%s kept the newer token of a concurrent install", eshop.eshop_id)
+            eshop.url = grant.eshop_url
+            eshop.contact_email = grant.contact_email
+            eshop.trial = grant.trial
+            eshop.status = Eshop.Status.ACTIVE
+            eshop.status_reason = "reinstalled"
+            eshop.status_changed_at = received_at
+            eshop.uninstalled_at = None
+            eshop.last_installed_at = max(eshop.last_installed_at, received_at)
+            eshop.install_count = F("install_count") + 1
+            eshop.save()
+            eshop.refresh_from_db(fields=["install_count"])
+    logger.info(
+        "install: eshop_id=%s %s (install #%s)",
+        eshop.eshop_id,
+        "installed" if created else "reinstalled",
+        eshop.install_count,
+    )
+    return eshop

@@ -1,0 +1,109 @@
+"""Calls to Shoptet's partner OAuth server (`SHOPTET_OAUTH_URL`): one function per endpoint."""
+
+from __future__ import annotations
+
+import logging
+
+import requests
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.views.decorators.debug import sensitive_variables
+
+from shoptet_api.errors import (
+    ShoptetInvalidResponse,
+    error_from_response,
+    request_id_of,
+)
+from shoptet_api.transport import send
+from shoptet_api.types import ApiAccessToken, OAuthGrant, ResponseShapeError
+
+logger = logging.getLogger(__name__)
+
+INSTALL_SETTINGS = (
+    "SHOPTET_CLIENT_ID",
+    "SHOPTET_CLIENT_SECRET",
+    "SHOPTET_OAUTH_URL",
+    "SHOPTET_REDIRECT_URI",
+)
+
+
+def missing_install_settings() -> list[str]:
+    """Names of the settings an install needs that are empty."""
+    return [name for name in INSTALL_SETTINGS if not getattr(settings, name)]
+
+
+def _parse(response: requests.Response, *, endpoint: str) -> object:
+    if response.status_code != 200:
+        raise error_from_response(response, endpoint=endpoint)
+    try:
+        return response.json()
+    except ValueError:
+        raise ShoptetInvalidResponse(
+            "the answer is not JSON",
+            status_code=response.status_code,
+            raw_body=response.text,
+            endpoint=endpoint,
+            request_id=request_id_of(response),
+        ) from None
+
+
+# Reference: https://developers.shoptet.com/api/documentation/installing-the-addon/
+@sensitive_variables("payload")
+def exchange_code(*, code: str) -> OAuthGrant:
+    """Exchange an install `code` for the e-shop's OAuth access token (no retry: codes are single-use)."""
+    missing = missing_install_settings()
+    if missing:
+        raise ImproperlyConfigured(f"installs need {', '.join(missing)}")
+    endpoint = "POST oauth/token"
+    payload = {
+        "client_id": settings.SHOPTET_CLIENT_ID,
+        "client_secret": settings.SHOPTET_CLIENT_SECRET,
+        "code": code,
+        "grant_type": "authorization_code",
+        "redirect_uri": settings.SHOPTET_REDIRECT_URI,
+        "scope": "api",
+    }
+    response = send(
+        "POST",
+        f"{settings.SHOPTET_OAUTH_URL}token",
+        json=payload,
+        # Shoptet waits at most 5 s for our answer to the whole install callback.
+        timeout=(
+            settings.SHOPTET_CONNECT_TIMEOUT,
+            settings.SHOPTET_INSTALL_READ_TIMEOUT,
+        ),
+        endpoint=endpoint,
+    )
+    body = _parse(response, endpoint=endpoint)
+    try:
+        return OAuthGrant.from_json(body)
+    except ResponseShapeError as exc:
+        raise ShoptetInvalidResponse(
+            f"unexpected token response: {exc}", status_code=200, endpoint=endpoint
+        ) from None
+
+
+# Reference: https://developers.shoptet.com/api/documentation/getting-api-access-token/
+@sensitive_variables("oauth_token")
+def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
+    """Mint a new API access token (`GET …/getAccessToken`); callers must respect the 5-token cap."""
+    if not settings.SHOPTET_OAUTH_URL:
+        raise ImproperlyConfigured("SHOPTET_OAUTH_URL is not set")
+    endpoint = "GET oauth/getAccessToken"
+    response = send(
+        "GET",
+        f"{settings.SHOPTET_OAUTH_URL}getAccessToken",
+        headers={"Authorization": f"Bearer {oauth_token}"},
+        # Shorter than the renewal lock's lifetime, so a slow answer cannot outlive the lock.
+        timeout=(settings.SHOPTET_CONNECT_TIMEOUT, settings.SHOPTET_TOKEN_READ_TIMEOUT),
+        endpoint=endpoint,
+    )
+    body = _parse(response, endpoint=endpoint)
+    try:
+        return ApiAccessToken.from_json(body)
+    except ResponseShapeError as exc:
+        raise ShoptetInvalidResponse(
+            f"unexpected getAccessToken response: {exc}",
+            status_code=200,
+            endpoint=endpoint,
+        ) from None

@@ -1,0 +1,120 @@
+"""Shared fixtures. The Shoptet emulator fixtures come from `shoptet_api.emulator.testing` (a pytest
+plugin loaded in pyproject's addopts)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from django.utils import timezone
+
+from eshops.models import Eshop
+from shoptet_api.emulator import ShoptetEmulator
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say clearly what is missing before hundreds of tests fail for one reason."""
+    import redis
+    from django.conf import settings
+
+    try:
+        redis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.exit(
+            f"Redis is not reachable at REDIS_URL={settings.REDIS_URL} ({type(exc).__name__}). "
+            "Start one, e.g. `redis-server --daemonize yes` (Debian/Ubuntu package: redis-server).",
+            returncode=3,
+        )
+    database = settings.DATABASES["default"]
+    if database["ENGINE"] != "django.db.backends.sqlite3":
+        host, port = (
+            database.get("HOST") or "127.0.0.1",
+            int(database.get("PORT") or 5432),
+        )
+        try:
+            socket.create_connection((host, port), timeout=2).close()
+        except OSError as exc:
+            pytest.exit(
+                f"The database in DATABASE_URL is not reachable at {host}:{port} ({exc.strerror or exc}). "
+                "Start PostgreSQL, or unset DATABASE_URL to test on SQLite.",
+                returncode=3,
+            )
+
+
+_real_connect = socket.socket.connect
+_real_connect_ex = socket.socket.connect_ex
+
+
+def _refuse_non_loopback(address: Any) -> None:
+    if isinstance(address, tuple):
+        host = address[0]
+        try:
+            is_loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            is_loopback = host == "localhost"
+        if not is_loopback:
+            raise ConnectionRefusedError(
+                f"tests may only connect to loopback, not {host}"
+            )
+
+
+def _guarded_connect(self: socket.socket, address: Any) -> None:
+    _refuse_non_loopback(address)
+    _real_connect(self, address)
+
+
+def _guarded_connect_ex(self: socket.socket, address: Any) -> int:
+    _refuse_non_loopback(address)
+    return _real_connect_ex(self, address)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_traffic_beyond_loopback() -> Iterator[None]:
+    """No test may reach anything but this machine (STYLE.md §9)."""
+    socket.socket.connect = _guarded_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _guarded_connect_ex  # type: ignore[method-assign]
+    yield
+    socket.socket.connect = _real_connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture
+def shoptet_settings(
+    settings: Any, shoptet_emulator: ShoptetEmulator
+) -> ShoptetEmulator:
+    """Point every SHOPTET_* setting at the emulator; returns the emulator."""
+    settings.SHOPTET_CLIENT_ID = shoptet_emulator.client_id
+    settings.SHOPTET_CLIENT_SECRET = shoptet_emulator.client_secret
+    settings.SHOPTET_REDIRECT_URI = shoptet_emulator.redirect_uri
+    settings.SHOPTET_OAUTH_URL = shoptet_emulator.oauth_url
+    settings.SHOPTET_API_URL = shoptet_emulator.api_url
+    return shoptet_emulator
+
+
+@pytest.fixture
+def eshop_factory(db: None) -> Callable[..., Eshop]:
+    """Create a tenant directly (no install round trip)."""
+    counter = iter(range(900_001, 999_999))
+
+    def create(**fields: Any) -> Eshop:
+        eshop_id = fields.pop("eshop_id", next(counter))
+        now = timezone.now()
+        defaults: dict[str, Any] = {
+            "url": f"https://shop-{eshop_id}.myshoptet.com/",
+            "contact_email": f"owner@shop-{eshop_id}.example",
+            "oauth_access_token": f"oauth-token-{eshop_id}-" + "x" * 40,
+            "installed_at": now,
+            "last_installed_at": now,
+        }
+        defaults.update(fields)
+        return Eshop.objects.create(eshop_id=eshop_id, **defaults)
+
+    return create
+
+
+@pytest.fixture
+def eshop(eshop_factory: Callable[..., Eshop]) -> Eshop:
+    return eshop_factory()
