@@ -27,7 +27,7 @@ def client_ip(request: HttpRequest) -> str:
     ]
     if len(forwarded) < settings.NUM_PROXIES:
         return remote
-    return forwarded[-settings.NUM_PROXIES]
+    return str(forwarded[-int(settings.NUM_PROXIES)])
 
 
 def ip_in_networks(address: str, networks: Sequence[IPNetwork]) -> bool:

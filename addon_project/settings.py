@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import os
+import tempfile
 from pathlib import Path
 
 import django_stubs_ext
@@ -37,8 +39,8 @@ def env_strict_bool(name: str, *, default: bool) -> bool:
 def env_required(name: str, *, debug_default: str) -> str:
     """A secret that production must set; development gets a harmless default."""
     if DEBUG:
-        return env.str(name, default=debug_default)
-    value = env.str(name, default="")
+        return str(env.str(name, default=debug_default))
+    value = str(env.str(name, default=""))
     if not value:
         raise ImproperlyConfigured(
             f"{name} must be set (it has a default only when DEBUG=True)"
@@ -109,7 +111,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"transaction_mode": "IMMEDIATE", "timeout": 20}
     )
-    DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test_db.sqlite3")}
+    # One file per test process: parallel test runs on one machine must not share it.
+    DATABASES["default"]["TEST"] = {
+        "NAME": str(Path(tempfile.gettempdir()) / f"shoptet-addon-test-{os.getpid()}.sqlite3")
+    }
 else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
@@ -206,7 +211,7 @@ SHOPTET_INSTALL_READ_TIMEOUT = env.float("SHOPTET_INSTALL_READ_TIMEOUT", default
 # min(MARGIN, MARGIN_FRACTION * expires_in) seconds left; at most TOKEN_CAP valid tokens per e-shop
 # (Shoptet allows 5; the default keeps one spare for people debugging by hand).
 SHOPTET_REDIS_PREFIX = env.str("SHOPTET_REDIS_PREFIX", default="shoptet")
-SHOPTET_TOKEN_RENEW_MARGIN = env.float("SHOPTET_TOKEN_RENEW_MARGIN", default=120.0)
+SHOPTET_TOKEN_RENEW_MARGIN = env.float("SHOPTET_TOKEN_RENEW_MARGIN", default=60.0)
 SHOPTET_TOKEN_RENEW_MARGIN_FRACTION = env.float(
     "SHOPTET_TOKEN_RENEW_MARGIN_FRACTION", default=0.04
 )
@@ -226,6 +231,8 @@ SHOPTET_TOKEN_WAIT_TIMEOUT = env.float("SHOPTET_TOKEN_WAIT_TIMEOUT", default=15.
 # within ACTIVE_WINDOW seconds and whose token would otherwise need renewing before the next sweep.
 SHOPTET_TOKEN_SWEEP_INTERVAL = env.float("SHOPTET_TOKEN_SWEEP_INTERVAL", default=60.0)
 SHOPTET_TOKEN_ACTIVE_WINDOW = env.float("SHOPTET_TOKEN_ACTIVE_WINDOW", default=900.0)
+# Proactive renewals happen up to this many seconds before the margin, at random, to spread load.
+SHOPTET_TOKEN_RENEW_JITTER = env.float("SHOPTET_TOKEN_RENEW_JITTER", default=20.0)
 
 # API client (shoptet_api/client.py).
 SHOPTET_MAX_IN_FLIGHT = env.int("SHOPTET_MAX_IN_FLIGHT", default=3)
@@ -269,6 +276,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "renew-expiring-tokens": {
         "task": "shoptet_api.renew_expiring_tokens",
         "schedule": SHOPTET_TOKEN_SWEEP_INTERVAL,
+    },
+    "complete-pending-installs": {
+        "task": "shoptet_api.complete_pending_installs",
+        "schedule": 300.0,
     },
 }
 

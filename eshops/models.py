@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 
 from django.db import models, transaction
@@ -15,6 +16,17 @@ logger = logging.getLogger(__name__)
 class EshopQuerySet(models.QuerySet["Eshop"]):
     def active(self) -> EshopQuerySet:
         return self.filter(status=Eshop.Status.ACTIVE)
+
+    def pending_setup(self, *, before: datetime.datetime) -> EshopQuerySet:
+        """Active e-shops (re)installed before `before` whose post-install setup has not completed since."""
+        return (
+            self.active()
+            .filter(last_installed_at__lt=before)
+            .filter(
+                models.Q(setup_completed_at__isnull=True)
+                | models.Q(setup_completed_at__lt=models.F("last_installed_at"))
+            )
+        )
 
 
 class Eshop(models.Model):
@@ -53,6 +65,8 @@ class Eshop(models.Model):
     )
     install_count = models.PositiveIntegerField(default=1)
     uninstalled_at = models.DateTimeField(null=True, blank=True)
+    # Post-install setup (first API token, /api/eshop details) finished for the latest install.
+    setup_completed_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -65,10 +79,17 @@ class Eshop(models.Model):
     def __str__(self) -> str:
         return f"e-shop {self.eshop_id}" + (f" ({self.name})" if self.name else "")
 
-    def mark_inactive(self, *, status: str, reason: str) -> None:
-        """Move an active tenant to `status` because Shoptet said so; a no-op if already inactive."""
+    def mark_inactive(self, *, status: str, reason: str, same_token: bool = False) -> None:
+        """Move an active tenant to `status` because Shoptet said so; a no-op if already inactive.
+
+        `same_token`: only if the OAuth token is still the one this object holds. A reinstall may
+        have stored a new token since; an answer about the old one says nothing about the tenant.
+        """
         now = timezone.now()
-        updated = Eshop.objects.filter(pk=self.pk, status=Eshop.Status.ACTIVE).update(
+        rows = Eshop.objects.filter(pk=self.pk, status=Eshop.Status.ACTIVE)
+        if same_token:
+            rows = rows.filter(oauth_token_received_at=self.oauth_token_received_at)
+        updated = rows.update(
             status=status,
             status_reason=reason[:255],
             status_changed_at=now,

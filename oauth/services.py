@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from functools import partial
 
+import redis
 from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
@@ -11,8 +13,24 @@ from django.views.decorators.debug import sensitive_variables
 
 from eshops.models import Eshop
 from shoptet_api.oauth import exchange_code
+from shoptet_api.tasks import post_install as post_install_task
+from shoptet_api.tokens import forget_tokens
 
 logger = logging.getLogger(__name__)
+
+
+def _after_install(eshop_id: int) -> None:
+    # A new OAuth token starts a fresh count of valid API tokens at Shoptet; tokens from the
+    # previous install are useless now.
+    try:
+        forget_tokens(eshop_id)
+    except redis.RedisError as exc:
+        logger.warning(
+            "install: eshop_id=%s old API tokens not cleared (%s)",
+            eshop_id,
+            type(exc).__name__,
+        )
+    post_install_task.delay(eshop_id)
 
 
 @sensitive_variables("grant")
@@ -46,7 +64,10 @@ def install_addon(*, code: str) -> Eshop:
             else:
                 # Two installs for one shop raced and the other answer came later: its token is
                 # the one Shoptet issued last, so it stays.
-                logger.warning("install: eshop_id=%s kept the newer token of a concurrent install", eshop.eshop_id)
+                logger.warning(
+                    "install: eshop_id=%s kept the newer token of a concurrent install",
+                    eshop.eshop_id,
+                )
             eshop.url = grant.eshop_url
             eshop.contact_email = grant.contact_email
             eshop.trial = grant.trial
@@ -58,6 +79,9 @@ def install_addon(*, code: str) -> Eshop:
             eshop.install_count = F("install_count") + 1
             eshop.save()
             eshop.refresh_from_db(fields=["install_count"])
+        # After commit, and never failing the install: a broker outage is repaired by the
+        # complete_pending_installs sweep.
+        transaction.on_commit(partial(_after_install, eshop.eshop_id), robust=True)
     logger.info(
         "install: eshop_id=%s %s (install #%s)",
         eshop.eshop_id,

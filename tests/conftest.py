@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from django.utils import timezone
 
+from addon_project.redis_client import get_redis
 from eshops.models import Eshop
+from shoptet_api import tokens
 from shoptet_api.emulator import ShoptetEmulator
 
 
@@ -79,6 +82,26 @@ def _no_traffic_beyond_loopback() -> Iterator[None]:
     yield
     socket.socket.connect = _real_connect  # type: ignore[method-assign]
     socket.socket.connect_ex = _real_connect_ex  # type: ignore[method-assign]
+
+
+@pytest.fixture(scope="session")
+def redis_namespace() -> Iterator[str]:
+    """A key prefix of this test session's own; its keys are deleted at the end (Redis is shared)."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    yield namespace
+    r = get_redis()
+    batch = list(r.scan_iter(match=f"{namespace}:*", count=1000))
+    for start in range(0, len(batch), 500):
+        r.delete(*batch[start : start + 500])
+
+
+@pytest.fixture(autouse=True)
+def _isolated_token_store(settings: Any, redis_namespace: str) -> Iterator[None]:
+    """Each test gets its own Redis key prefix and an empty per-process token cache."""
+    settings.SHOPTET_REDIS_PREFIX = f"{redis_namespace}:{uuid.uuid4().hex[:8]}"
+    tokens.clear_process_cache()
+    yield
+    tokens.clear_process_cache()
 
 
 @pytest.fixture

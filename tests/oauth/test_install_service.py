@@ -18,12 +18,21 @@ pytestmark = pytest.mark.django_db
 
 def grant(token: str, eshop_id: int = 4242) -> OAuthGrant:
     return OAuthGrant(
-        access_token=Secret(token), eshop_id=eshop_id, eshop_url="https://x.myshoptet.com/", contact_email="a@b.c", trial=False
+        access_token=Secret(token),
+        eshop_id=eshop_id,
+        eshop_url="https://x.myshoptet.com/",
+        contact_email="a@b.c",
+        trial=False,
     )
 
 
 def test_install_addon_is_idempotent_for_a_reinstall() -> None:
-    with mock.patch.object(services, "exchange_code", autospec=True, side_effect=[grant("first"), grant("second")]):
+    with mock.patch.object(
+        services,
+        "exchange_code",
+        autospec=True,
+        side_effect=[grant("first"), grant("second")],
+    ):
         first = services.install_addon(code="c1")
         second = services.install_addon(code="c2")
 
@@ -37,11 +46,15 @@ def test_install_addon_is_idempotent_for_a_reinstall() -> None:
 def test_install_addon_keeps_the_token_that_arrived_later() -> None:
     later = timezone.now()
     earlier = later - dt.timedelta(seconds=1)
-    with mock.patch.object(services, "exchange_code", autospec=True, return_value=grant("newest")):
+    with mock.patch.object(
+        services, "exchange_code", autospec=True, return_value=grant("newest")
+    ):
         with mock.patch.object(services.timezone, "now", return_value=later):
             services.install_addon(code="c1")
     # A racing install whose answer arrived earlier commits afterwards: it must not win.
-    with mock.patch.object(services, "exchange_code", autospec=True, return_value=grant("older")):
+    with mock.patch.object(
+        services, "exchange_code", autospec=True, return_value=grant("older")
+    ):
         with mock.patch.object(services.timezone, "now", return_value=earlier):
             services.install_addon(code="c2")
 

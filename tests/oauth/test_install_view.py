@@ -324,7 +324,9 @@ def test_concurrent_installs_and_duplicate_codes_make_one_tenant_per_shop(
     assert Eshop.objects.count() == 20
     for shop in shops[:19]:
         stored = Eshop.objects.get(eshop_id=shop.eshop_id)
-        assert stored.oauth_access_token == shoptet_settings.oauth_token_for(shop.eshop_id)
+        assert stored.oauth_access_token == shoptet_settings.oauth_token_for(
+            shop.eshop_id
+        )
     # Which of two racing installs Shoptet answered last is decided by arrival order; that rule
     # is tested deterministically in test_install_service.py.
     assert Eshop.objects.get(eshop_id=shops[19].eshop_id).install_count == 2

@@ -1,0 +1,405 @@
+"""`ShoptetClient`: the per-tenant Shoptet API client (envelopes, tokens, retries, limits)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import random
+import re
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import requests
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from shoptet_api.errors import (
+    AddonNotInstalled,
+    AddonSuspended,
+    ShoptetAPIError,
+    ShoptetConnectionError,
+    ShoptetForbidden,
+    ShoptetInvalidResponse,
+    ShoptetInvalidToken,
+    ShoptetLocked,
+    ShoptetPartialSuccess,
+    ShoptetRateLimited,
+    envelope_errors,
+    error_from_response,
+    request_id_of,
+)
+from shoptet_api.limiter import record_bucket, request_slot
+from shoptet_api.tokens import get_api_access_token, invalidate_api_token
+from shoptet_api.transport import USER_AGENT, Timeout, default_timeout, send
+
+if TYPE_CHECKING:
+    from eshops.models import Eshop
+
+logger = logging.getLogger(__name__)
+
+# --- The per-tenant API client -------------------------------------------------------------------
+
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+# Numeric ids, order codes and GUIDs in paths: collapsed so missing-rights records stay per endpoint.
+_PATH_ID = re.compile(r"/(?=[^/]*\d)[^/]+")
+
+
+def endpoint_label(method: str, path: str) -> str:
+    """`GET /api/orders/2024000123` → `GET /api/orders/{id}`: a secret-free, low-cardinality label."""
+    return f"{method} {_PATH_ID.sub('/{id}', path.split('?', 1)[0])}"
+
+
+class Pages:
+    """Items across all pages of a list endpoint; `total_count_changed` tells whether the list moved.
+
+    Shoptet pages with `page` (from 1) and `itemsPerPage`. If `paginator.totalCount` changes during
+    the walk, items may have shifted between pages (skipped or seen twice): we log it and flag it.
+    """
+
+    def __init__(
+        self,
+        client: ShoptetClient,
+        path: str,
+        params: dict[str, Any] | None,
+        items_key: str | None,
+    ) -> None:
+        self.client = client
+        self.path = path
+        self.params = dict(params or {})
+        self.items_key = items_key
+        self.total_count: int | None = None
+        self.total_count_changed = False
+        self.pages_read = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        page = int(self.params.pop("page", 1))
+        while True:
+            data = self.client.get(self.path, params={**self.params, "page": page})
+            if not isinstance(data, dict) or not isinstance(
+                data.get("paginator"), dict
+            ):
+                raise ShoptetInvalidResponse(
+                    "list answer has no paginator", status_code=200, endpoint=self.path
+                )
+            paginator = data["paginator"]
+            self.pages_read += 1
+            total = paginator.get("totalCount")
+            if self.total_count is None:
+                self.total_count = total
+            elif total != self.total_count:
+                logger.warning(
+                    "eshop_id=%s %s: totalCount changed from %s to %s mid-walk (page %s); items may be skipped or repeated",
+                    self.client.eshop.eshop_id,
+                    self.path,
+                    self.total_count,
+                    total,
+                    page,
+                )
+                self.total_count_changed = True
+                self.total_count = total
+            yield from self._items(data)
+            if page >= int(paginator.get("pageCount") or 0):
+                return
+            page += 1
+
+    def _items(self, data: dict[str, Any]) -> list[Any]:
+        if self.items_key is not None:
+            items = data.get(self.items_key)
+        else:
+            lists = [
+                value
+                for key, value in data.items()
+                if key != "paginator" and isinstance(value, list)
+            ]
+            if len(lists) != 1:
+                raise ShoptetInvalidResponse(
+                    "cannot tell which key holds the items; pass items_key",
+                    endpoint=self.path,
+                )
+            items = lists[0]
+        if not isinstance(items, list):
+            raise ShoptetInvalidResponse(
+                f"{self.items_key!r} is not a list", endpoint=self.path
+            )
+        return items
+
+
+class ShoptetClient:
+    """Calls the Shoptet API for one e-shop; methods return the envelope's `data`.
+
+    Handles tokens (renew once on 401), 403 rights records, backoff on 423/429/5xx/network errors
+    (bounded by attempts and total time), the shared 3-in-flight limit and bucket pacing. Every
+    failure is a `ShoptetAPIError` subclass.
+    """
+
+    def __init__(
+        self,
+        eshop: Eshop,
+        *,
+        max_attempts: int | None = None,
+        max_time: float | None = None,
+        timeout: Timeout | None = None,
+    ) -> None:
+        self.eshop = eshop
+        self.max_attempts = max_attempts or settings.SHOPTET_RETRY_MAX_ATTEMPTS
+        self.max_time = (
+            max_time if max_time is not None else settings.SHOPTET_RETRY_MAX_TIME
+        )
+        self.timeout = timeout or default_timeout()
+        self.base_url = settings.SHOPTET_API_URL.rstrip("/")
+        self.session = requests.Session()
+        self.session.trust_env = False
+        self.session.headers.update(
+            {
+                "User-Agent": USER_AGENT,
+                "Content-Type": "application/json",
+                "Accept": "application/json",
+            }
+        )
+
+    def __repr__(self) -> str:
+        return f"<ShoptetClient eshop_id={self.eshop.eshop_id}>"
+
+    def close(self) -> None:
+        self.session.close()
+
+    def __enter__(self) -> ShoptetClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def get(self, path: str, **kwargs: Any) -> Any:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, **kwargs: Any) -> Any:
+        return self.request("POST", path, **kwargs)
+
+    def put(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PUT", path, **kwargs)
+
+    def patch(self, path: str, **kwargs: Any) -> Any:
+        return self.request("PATCH", path, **kwargs)
+
+    def delete(self, path: str, **kwargs: Any) -> Any:
+        return self.request("DELETE", path, **kwargs)
+
+    def paginate(
+        self,
+        path: str,
+        params: dict[str, Any] | None = None,
+        *,
+        items_key: str | None = None,
+    ) -> Pages:
+        """Iterate the items of every page of a list endpoint (see `Pages`)."""
+        return Pages(self, path, params, items_key)
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        max_attempts: int | None = None,
+        max_time: float | None = None,
+        timeout: Timeout | None = None,
+    ) -> Any:
+        """Send one API call with the retry policy; return `data` or raise a `ShoptetAPIError`.
+
+        A 200 whose `errors` list is not empty (multi-record writes that skipped rows) raises
+        `ShoptetPartialSuccess`, which still carries `data`.
+        """
+        method = method.upper()
+        if not path.startswith("/api/"):
+            # Never send the tenant's token anywhere but the configured API host.
+            raise ValueError(f"path must start with /api/, got {path[:80]!r}")
+        label = endpoint_label(method, path)
+        attempts = max_attempts or self.max_attempts
+        budget = self.max_time if max_time is None else max_time
+        timeout = timeout or self.timeout
+        started = time.monotonic()
+        deadline = started + budget
+        renewed = False
+        attempt = 0
+        while True:
+            attempt += 1
+            self._refuse_inactive_tenant()
+            token = get_api_access_token(self.eshop)
+            try:
+                response = self._send_once(
+                    method,
+                    path,
+                    token,
+                    label,
+                    params=params,
+                    json=json,
+                    timeout=timeout,
+                    deadline=deadline,
+                )
+            except ShoptetConnectionError as exc:
+                error: ShoptetAPIError = exc
+                if exc.request_sent and method not in IDEMPOTENT_METHODS:
+                    raise  # it may have been applied; repeating a POST could do it twice
+            else:
+                if 200 <= response.status_code < 300:
+                    return self._data(response, label)
+                error = error_from_response(response, endpoint=label)
+                if isinstance(error, ShoptetInvalidToken) and not renewed:
+                    # Expired or revoked token: replace it once and retry at once. A second 401 raises.
+                    logger.info(
+                        "eshop_id=%s %s: %s; renewing token and retrying once",
+                        self.eshop.eshop_id,
+                        label,
+                        error.error_code,
+                    )
+                    invalidate_api_token(self.eshop, token)
+                    renewed = True
+                    attempt -= 1
+                    continue
+                self._record(error, label)
+                if not error.retryable or (
+                    response.status_code >= 500 and method not in IDEMPOTENT_METHODS
+                ):
+                    raise error
+            wait = retry_wait(error, attempt)
+            if attempt >= attempts or time.monotonic() + wait > deadline:
+                logger.warning(
+                    "eshop_id=%s %s: giving up after %s attempts: %s",
+                    self.eshop.eshop_id,
+                    label,
+                    attempt,
+                    error,
+                )
+                raise error
+            logger.info(
+                "eshop_id=%s %s: %s; retry %s in %.2f s",
+                self.eshop.eshop_id,
+                label,
+                error,
+                attempt,
+                wait,
+            )
+            time.sleep(wait)
+
+    # --- internals ---
+
+    def _refuse_inactive_tenant(self) -> None:
+        status = self.eshop.status
+        if status == self.eshop.Status.SUSPENDED:
+            raise AddonSuspended(
+                f"e-shop {self.eshop.eshop_id} is suspended; API calls are stopped"
+            )
+        if status != self.eshop.Status.ACTIVE:
+            raise AddonNotInstalled(
+                f"e-shop {self.eshop.eshop_id} is {status}; API calls are stopped"
+            )
+
+    @sensitive_variables("token")
+    def _send_once(
+        self,
+        method: str,
+        path: str,
+        token: str,
+        label: str,
+        *,
+        params: dict[str, Any] | None,
+        json: Any,
+        timeout: Timeout,
+        deadline: float,
+    ) -> requests.Response:
+        eshop_id = self.eshop.eshop_id
+        with request_slot(
+            eshop_id, deadline=deadline, lease_seconds=timeout[0] + timeout[1] + 5
+        ):
+            sent_at = time.monotonic()
+            response = send(
+                method,
+                f"{self.base_url}{path}",
+                params=params,
+                json=json,
+                headers={"Shoptet-Access-Token": token},
+                timeout=timeout,
+                endpoint=label,
+                session=self.session,
+            )
+        record_bucket(eshop_id, response.headers.get("X-RateLimit-Bucket-Filling"))
+        logger.debug(
+            "eshop_id=%s %s -> %s in %d ms request_id=%s",
+            eshop_id,
+            label,
+            response.status_code,
+            (time.monotonic() - sent_at) * 1000,
+            response.headers.get("X-Request-ID"),
+        )
+        for header in ("X-Shoptet-Deprecated", "Sunset"):
+            if header in response.headers:
+                logger.warning(
+                    "eshop_id=%s %s: %s: %.200s",
+                    eshop_id,
+                    label,
+                    header,
+                    response.headers[header],
+                )
+        return response
+
+    def _data(self, response: requests.Response, label: str) -> Any:
+        if response.status_code == 204 or not response.content:
+            return None
+        try:
+            body = response.json()
+        except ValueError:
+            raise ShoptetInvalidResponse(
+                "the answer is not JSON",
+                status_code=response.status_code,
+                raw_body=response.text,
+                endpoint=label,
+                request_id=request_id_of(response),
+            ) from None
+        if not isinstance(body, dict):
+            raise ShoptetInvalidResponse(
+                "the answer is not an envelope",
+                status_code=response.status_code,
+                endpoint=label,
+            )
+        errors = envelope_errors(body)
+        if errors:
+            raise ShoptetPartialSuccess(
+                f"{len(errors)} item(s) failed",
+                status_code=response.status_code,
+                error_code=errors[0].get("errorCode"),
+                errors=errors,
+                request_id=request_id_of(response, body),
+                body=body,
+                endpoint=label,
+                data=body.get("data"),
+            )
+        return body.get("data")
+
+    def _record(self, error: ShoptetAPIError, label: str) -> None:
+        if isinstance(error, ShoptetForbidden):
+            logger.warning(
+                "eshop_id=%s %s: no rights (%s); recorded for operators",
+                self.eshop.eshop_id,
+                label,
+                error.error_code,
+            )
+            self.eshop.record_missing_right(label)
+        elif isinstance(error, AddonSuspended):
+            self.eshop.mark_inactive(
+                status=self.eshop.Status.SUSPENDED, reason=f"{label}: {error.message}"
+            )
+
+
+def retry_wait(error: ShoptetAPIError, attempt: int) -> float:
+    """Seconds to wait before retry number `attempt`: Retry-After for 429, short for 423, else backoff."""
+    jitter = random.uniform(0, 0.25)  # noqa: S311 (jitter, not security)
+    if isinstance(error, ShoptetRateLimited) and error.retry_after is not None:
+        seconds = (error.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
+        return min(max(seconds, 0.0), float(settings.SHOPTET_RETRY_AFTER_CAP)) + jitter
+    if isinstance(error, ShoptetLocked):
+        # Shoptet locks a write URL for at most 5 s.
+        return min(0.5 * attempt, 2.5) + jitter
+    backoff = min(0.5 * 2.0 ** (attempt - 1), 8.0)
+    return backoff * (0.5 + random.random() / 2)  # noqa: S311 (full jitter)

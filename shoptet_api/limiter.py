@@ -1,0 +1,170 @@
+"""The rate governor shared by every process: in-flight leases per e-shop and leaky-bucket pacing.
+
+Shoptet allows 3 concurrent connections per token and drains a 200-drop bucket at 10 drops/s per
+installation; both overflow as 429. Every request takes a lease from a per-e-shop sorted set (one
+Lua call: drop stale leases, add ours if fewer than the limit) and returns it afterwards; a crashed
+process's leases expire on their own. Each answer's `X-RateLimit-Bucket-Filling` is stored, and the
+next caller pauses in proportion once the estimated level is past the slowdown threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import redis
+from django.conf import settings
+
+from addon_project.redis_client import get_redis
+from shoptet_api.errors import ShoptetTimeoutError
+
+logger = logging.getLogger(__name__)
+
+# The longest pause bucket pacing imposes on one request.
+MAX_BUCKET_PAUSE = 10.0
+
+
+def leases_key(eshop_id: int) -> str:
+    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:leases"
+
+
+def bucket_key(eshop_id: int) -> str:
+    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:bucket"
+
+
+# KEYS[1] leases, KEYS[2] bucket; ARGV: now, limit, lease id, lease expiry.
+# Returns {acquired (0/1), bucket level, bucket max, bucket reading time} as strings.
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local acquired = 0
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000) + 1000)
+  acquired = 1
+end
+local bucket = redis.call('HMGET', KEYS[2], 'level', 'max', 'at')
+return {acquired, bucket[1] or '', bucket[2] or '', bucket[3] or ''}
+"""
+
+_local_semaphores: dict[int, threading.BoundedSemaphore] = {}
+_local_lock = threading.Lock()
+
+
+def parse_bucket_filling(value: str | None) -> tuple[float, float] | None:
+    """`X-RateLimit-Bucket-Filling: 120/200` → (120.0, 200.0); None when absent or malformed."""
+    if not value or "/" not in value:
+        return None
+    current, _, maximum = value.partition("/")
+    try:
+        level, top = float(current.strip()), float(maximum.strip())
+    except ValueError:
+        return None
+    return (level, top) if top > 0 else None
+
+
+def bucket_pause(level: float, maximum: float, read_at: float, now: float) -> float:
+    """Seconds to wait before sending so the bucket stays below the slowdown threshold."""
+    leak = float(settings.SHOPTET_BUCKET_LEAK_PER_SECOND)
+    estimated = level - leak * max(0.0, now - read_at)
+    threshold = float(settings.SHOPTET_BUCKET_SLOWDOWN_AT) * maximum
+    if estimated <= threshold or leak <= 0:
+        return 0.0
+    return min((estimated - threshold) / leak, MAX_BUCKET_PAUSE)
+
+
+@contextlib.contextmanager
+def request_slot(
+    eshop_id: int, *, deadline: float, lease_seconds: float
+) -> Iterator[None]:
+    """Hold one of the e-shop's in-flight slots (and respect bucket pacing) around one request."""
+    try:
+        r = get_redis()
+        lease = uuid.uuid4().hex
+        pause = _acquire(
+            r, eshop_id, lease, deadline=deadline, lease_seconds=lease_seconds
+        )
+    except redis.RedisError as exc:
+        logger.warning(
+            "limiter unavailable (%s); eshop_id=%s limited per process only",
+            type(exc).__name__,
+            eshop_id,
+        )
+        with _local_slot(eshop_id, deadline=deadline):
+            yield
+        return
+    try:
+        if pause > 0:
+            logger.info(
+                "eshop_id=%s: bucket nearly full, pausing %.2f s", eshop_id, pause
+            )
+            time.sleep(pause)
+        yield
+    finally:
+        with contextlib.suppress(redis.RedisError):
+            r.zrem(leases_key(eshop_id), lease)
+
+
+def record_bucket(eshop_id: int, header: str | None) -> None:
+    """Store the bucket level Shoptet reported, for the next caller's pacing."""
+    reading = parse_bucket_filling(header)
+    if reading is None:
+        return
+    with contextlib.suppress(redis.RedisError):
+        pipe = get_redis().pipeline(transaction=True)
+        pipe.hset(
+            bucket_key(eshop_id),
+            mapping={"level": reading[0], "max": reading[1], "at": time.time()},
+        )
+        pipe.expire(bucket_key(eshop_id), 120)
+        pipe.execute()
+
+
+def _acquire(
+    r: redis.Redis, eshop_id: int, lease: str, *, deadline: float, lease_seconds: float
+) -> float:
+    limit = settings.SHOPTET_MAX_IN_FLIGHT
+    delay = 0.01
+    while True:
+        now = time.time()
+        acquired, level, maximum, read_at = r.eval(
+            _ACQUIRE,
+            2,
+            leases_key(eshop_id),
+            bucket_key(eshop_id),
+            now,
+            limit,
+            lease,
+            now + lease_seconds,
+        )
+        if int(acquired):
+            if level and maximum and read_at:
+                return bucket_pause(float(level), float(maximum), float(read_at), now)
+            return 0.0
+        if time.monotonic() + delay > deadline:
+            raise ShoptetTimeoutError(
+                f"no free request slot ({limit} in flight) before the deadline",
+                endpoint="limiter",
+            )
+        time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter)
+        delay = min(delay * 1.5, 0.1)
+
+
+@contextlib.contextmanager
+def _local_slot(eshop_id: int, *, deadline: float) -> Iterator[None]:
+    with _local_lock:
+        semaphore = _local_semaphores.setdefault(
+            eshop_id, threading.BoundedSemaphore(settings.SHOPTET_MAX_IN_FLIGHT)
+        )
+    if not semaphore.acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise ShoptetTimeoutError(
+            "no free request slot before the deadline", endpoint="limiter"
+        )
+    try:
+        yield
+    finally:
+        semaphore.release()

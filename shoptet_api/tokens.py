@@ -1,0 +1,489 @@
+"""API access tokens: a Redis-backed broker with single-flight renewal and Shoptet's 5-token cap.
+
+Shoptet allows at most 5 valid API tokens per installation and each lives `expires_in` seconds
+(1800 today). Every web and worker process shares one current token per e-shop through Redis:
+
+- read path: process memory → Redis → renew. Only one process per e-shop renews at a time
+  (`SET NX PX` lock); the others wait briefly and re-read, they never mint.
+- cap: every minted token is recorded in a sorted set scored by its expiry; a Lua script reserves a
+  slot before each `getAccessToken` call and refuses once `SHOPTET_TOKEN_CAP` tokens are valid,
+  even if a lock expired under a slow holder.
+- a 401 on a token invalidates it only if it is still the stored one (compare, then delete), so
+  ten workers hitting the same 401 cause one renewal, not ten.
+- Redis down: each process falls back to a token of its own, minted under a process lock and
+  reused until near expiry, so one process never holds more than one token at a time.
+
+All keys of one e-shop share the hash tag `{eshop:<id>}`, so each script touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import redis
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from addon_project.encryption import Secret, decrypt, encrypt
+from addon_project.redis_client import get_redis
+from shoptet_api.errors import (
+    AddonNotInstalled,
+    AddonSuspended,
+    ShoptetMaxTokensReached,
+    ShoptetOAuthError,
+    ShoptetTimeoutError,
+)
+from shoptet_api.oauth import fetch_api_access_token
+from shoptet_api.types import ApiAccessToken
+
+if TYPE_CHECKING:
+    from eshops.models import Eshop
+
+logger = logging.getLogger(__name__)
+
+# Shoptet's own cap; SHOPTET_TOKEN_CAP may only be lower.
+SHOPTET_MAX_VALID_TOKENS = 5
+
+
+# --- Redis keys: one function per key family -----------------------------------------------------
+
+
+def _prefix() -> str:
+    return str(settings.SHOPTET_REDIS_PREFIX)
+
+
+def token_key(eshop_id: int) -> str:
+    """Hash: the current token (`ct` encrypted, `fp` fingerprint, `exp` epoch seconds)."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:token"
+
+
+def issued_key(eshop_id: int) -> str:
+    """Sorted set of minted tokens (fingerprints or pending reservations) scored by expiry."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:issued"
+
+
+def renew_lock_key(eshop_id: int) -> str:
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:renew-lock"
+
+
+def activity_key() -> str:
+    """Sorted set of e-shop ids scored by their last API use: proactive renewal covers only these."""
+    return f"{_prefix()}:token-activity"
+
+
+# --- Scripts -------------------------------------------------------------------------------------
+
+# KEYS[1] issued set; ARGV: now, cap, member, score. Drops expired entries, then adds `member`
+# only while fewer than `cap` valid tokens exist. Returns the count before adding, negated on refusal.
+_RESERVE_SLOT = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[2]) then return -count - 1 end
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000)) + 60000)
+return count
+"""
+
+# KEYS[1] lock; ARGV[1] owner. Delete only our own lock.
+_RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] token hash, KEYS[2] issued set; ARGV[1] fingerprint of the token that failed.
+_INVALIDATE = """
+redis.call('ZREM', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+# --- Policy --------------------------------------------------------------------------------------
+
+
+def renew_margin(expires_in: float) -> float:
+    """Seconds before expiry at which a token counts as "near expiry".
+
+    The smaller of the configured margin and a fraction of the lifetime: 30-minute tokens are
+    renewed SHOPTET_TOKEN_RENEW_MARGIN early, an 8-second test token is still used for ~96 % of its life.
+    """
+    return min(
+        float(settings.SHOPTET_TOKEN_RENEW_MARGIN),
+        float(settings.SHOPTET_TOKEN_RENEW_MARGIN_FRACTION) * expires_in,
+    )
+
+
+def token_cap() -> int:
+    return max(1, min(int(settings.SHOPTET_TOKEN_CAP), SHOPTET_MAX_VALID_TOKENS))
+
+
+def fingerprint(token: str) -> str:
+    """A short irreversible id for a token: safe in Redis, logs and comparisons."""
+    return hashlib.sha256(token.encode()).hexdigest()[:20]
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedToken:
+    token: Secret = dataclasses.field(repr=False)
+    expires_at: float
+    lifetime: float
+
+    def usable(self, now: float) -> bool:
+        """Valid and not yet near expiry."""
+        return self.expires_at - now > renew_margin(self.lifetime)
+
+    def valid(self, now: float) -> bool:
+        """Still accepted by Shoptet (with a second of slack for the request in flight)."""
+        return self.expires_at - now > 1.0
+
+
+# Process memory: e-shop id → its current token. Saves a Redis round trip per API call.
+_memory: dict[int, CachedToken] = {}
+_memory_lock = threading.Lock()
+# Per-process, per-e-shop locks used only while Redis is unreachable.
+_fallback_locks: dict[int, threading.Lock] = {}
+
+
+def _remember(eshop_id: int, cached: CachedToken) -> None:
+    with _memory_lock:
+        _memory[eshop_id] = cached
+
+
+def _forget(eshop_id: int) -> None:
+    with _memory_lock:
+        _memory.pop(eshop_id, None)
+
+
+def clear_process_cache() -> None:
+    """Forget every token this process holds in memory (tests, and after a reinstall)."""
+    with _memory_lock:
+        _memory.clear()
+
+
+def _read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
+    fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life"])
+    if not fields[0] or not fields[1]:
+        return None
+    return CachedToken(
+        token=decrypt(
+            fields[0].decode() if isinstance(fields[0], bytes) else str(fields[0])
+        ),
+        expires_at=float(fields[1]),
+        lifetime=float(fields[2] or fields[1]),
+    )
+
+
+# --- Public API ----------------------------------------------------------------------------------
+
+
+def get_api_access_token(eshop: Eshop) -> Secret:
+    """A valid API access token for `eshop`, renewing it (single-flight, within the cap) if needed."""
+    now = time.time()
+    with _memory_lock:
+        cached = _memory.get(eshop.eshop_id)
+    if cached and cached.usable(now):
+        _note_activity(eshop.eshop_id, now)
+        return cached.token
+    try:
+        r = get_redis()
+        stored = _read_stored(r, eshop.eshop_id)
+        _note_activity(eshop.eshop_id, now)
+        if stored and stored.usable(now):
+            _remember(eshop.eshop_id, stored)
+            return stored.token
+        return _renew_shared(r, eshop).token
+    except redis.RedisError as exc:
+        logger.warning(
+            "token store unavailable (%s); eshop_id=%s uses a process-local token",
+            type(exc).__name__,
+            eshop.eshop_id,
+        )
+        return _renew_local(eshop).token
+
+
+def renew_if_expiring(eshop: Eshop, *, within: float) -> bool:
+    """Renew the shared token if it expires within `within` seconds; the proactive path. True if renewed."""
+    r = get_redis()
+    stored = _read_stored(r, eshop.eshop_id)
+    if stored and stored.expires_at - time.time() > within:
+        return False
+    _renew_shared(r, eshop, force_below=within)
+    return True
+
+
+def invalidate_api_token(eshop: Eshop, token: str) -> None:
+    """Drop `token` after Shoptet rejected it, unless another process already replaced it."""
+    fp = fingerprint(token)
+    with _memory_lock:
+        cached = _memory.get(eshop.eshop_id)
+        if cached and fingerprint(cached.token) == fp:
+            del _memory[eshop.eshop_id]
+    try:
+        r = get_redis()
+        r.eval(
+            _INVALIDATE, 2, token_key(eshop.eshop_id), issued_key(eshop.eshop_id), fp
+        )
+    except redis.RedisError as exc:
+        logger.warning(
+            "could not invalidate token in Redis (%s) for eshop_id=%s",
+            type(exc).__name__,
+            eshop.eshop_id,
+        )
+
+
+def forget_tokens(eshop_id: int) -> None:
+    """Remove every stored token of an e-shop (reinstall: a new OAuth token starts a fresh cap count)."""
+    _forget(eshop_id)
+    get_redis().delete(token_key(eshop_id), issued_key(eshop_id))
+
+
+def recently_active_eshop_ids(*, since: float) -> list[int]:
+    """E-shops that used the API after the epoch time `since` (proactive renewal covers only these)."""
+    r = get_redis()
+    r.zremrangebyscore(activity_key(), "-inf", since)
+    return [
+        int(str(member, "ascii") if isinstance(member, bytes) else str(member))
+        for member in r.zrangebyscore(activity_key(), since, "+inf")
+    ]
+
+
+def renewal_due(
+    eshop_ids: list[int], *, now: float, horizon: float
+) -> list[tuple[int, float]]:
+    """(e-shop id, seconds from now) for each token to renew ahead within `horizon` seconds.
+
+    The moment is just before the token's margin, moved earlier by a random jitter of up to
+    SHOPTET_TOKEN_RENEW_JITTER seconds; an e-shop without a stored token is due at once.
+    """
+    if not eshop_ids:
+        return []
+    pipe = get_redis().pipeline(transaction=False)
+    for eshop_id in eshop_ids:
+        pipe.hmget(token_key(eshop_id), ["exp", "life"])
+    jitter = float(settings.SHOPTET_TOKEN_RENEW_JITTER)
+    due = []
+    for eshop_id, (exp, life) in zip(eshop_ids, pipe.execute(), strict=True):
+        spread = random.uniform(0, jitter)  # noqa: S311 (jitter, not security)
+        if not exp:
+            due.append((eshop_id, min(spread, horizon)))
+            continue
+        renew_at = float(exp) - renew_margin(float(life or exp)) - spread
+        if renew_at - now <= horizon:
+            due.append((eshop_id, max(0.0, renew_at - now)))
+    return due
+
+
+def renew_ahead(eshop: Eshop) -> bool:
+    """The proactive renewal of one e-shop: renew if its token is inside the margin plus jitter."""
+    stored = _read_stored(get_redis(), eshop.eshop_id)
+    lifetime = (
+        stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
+    )
+    return renew_if_expiring(
+        eshop,
+        within=renew_margin(lifetime) + float(settings.SHOPTET_TOKEN_RENEW_JITTER) + 5,
+    )
+
+
+# --- Renewal -------------------------------------------------------------------------------------
+
+
+def _note_activity(eshop_id: int, now: float) -> None:
+    # Activity only steers proactive renewal; the request itself goes on without it.
+    with contextlib.suppress(redis.RedisError):
+        get_redis().zadd(activity_key(), {str(eshop_id): now})
+
+
+def _renew_shared(
+    r: redis.Redis, eshop: Eshop, *, force_below: float | None = None
+) -> CachedToken:
+    """Single-flight renewal through Redis. Exactly one process per e-shop calls Shoptet."""
+    eshop_id = eshop.eshop_id
+    owner = uuid.uuid4().hex
+    lock_ttl_ms = int(settings.SHOPTET_TOKEN_LOCK_TTL * 1000)
+    deadline = time.monotonic() + settings.SHOPTET_TOKEN_WAIT_TIMEOUT
+    delay = 0.01
+    while True:
+        if r.set(renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
+            try:
+                return _renew_holding_lock(r, eshop, force_below=force_below)
+            finally:
+                r.eval(_RELEASE_LOCK, 1, renew_lock_key(eshop_id), owner)
+        # Another process is minting: wait and re-read, never mint alongside it.
+        time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
+        delay = min(delay * 1.5, 0.1)
+        stored = _read_stored(r, eshop_id)
+        now = time.time()
+        if stored and (
+            stored.usable(now)
+            or (force_below is not None and stored.expires_at - now > force_below)
+        ):
+            _remember(eshop_id, stored)
+            return stored
+        if time.monotonic() > deadline:
+            if stored and stored.valid(now):
+                # The renewer is slow; an almost-expired token is better than no answer.
+                return stored
+            raise ShoptetTimeoutError(
+                f"waited {settings.SHOPTET_TOKEN_WAIT_TIMEOUT:g} s for another process to renew the API token",
+                endpoint="GET oauth/getAccessToken",
+            )
+
+
+@sensitive_variables("minted")
+def _renew_holding_lock(
+    r: redis.Redis, eshop: Eshop, *, force_below: float | None
+) -> CachedToken:
+    eshop_id = eshop.eshop_id
+    # Someone may have renewed between our read and our lock (the "already renewed" double-check).
+    stored = _read_stored(r, eshop_id)
+    now = time.time()
+    if stored and (
+        stored.usable(now)
+        if force_below is None
+        else stored.expires_at - now > force_below
+    ):
+        _remember(eshop_id, stored)
+        return stored
+
+    # Reserve a cap slot before asking Shoptet. Until we know the real lifetime, the reservation
+    # lasts as long as the last token did: a crash mid-mint must not free a slot that Shoptet counts.
+    last_lifetime = (
+        stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
+    )
+    pending = f"pending:{uuid.uuid4().hex}"
+    slot = int(
+        r.eval(
+            _RESERVE_SLOT,
+            1,
+            issued_key(eshop_id),
+            now,
+            token_cap(),
+            pending,
+            now + last_lifetime,
+        )
+    )
+    if slot < 0:
+        return _at_cap(r, eshop_id, stored, now)
+
+    started = time.time()
+    try:
+        minted = _mint(eshop)
+    except ShoptetMaxTokensReached:
+        r.zrem(issued_key(eshop_id), pending)
+        # Shoptet counts tokens we do not know of (a flushed Redis, another deployment): reuse ours.
+        logger.warning(
+            "eshop_id=%s: Shoptet answered maximum_tokens_reached; reusing the current token",
+            eshop_id,
+        )
+        if stored and stored.valid(time.time()):
+            _remember(eshop_id, stored)
+            return stored
+        raise
+    except BaseException:
+        r.zrem(issued_key(eshop_id), pending)
+        raise
+    expires_at = started + minted.expires_in
+    cached = CachedToken(
+        token=minted.access_token,
+        expires_at=expires_at,
+        lifetime=float(minted.expires_in),
+    )
+    fp = fingerprint(minted.access_token)
+    pipe = r.pipeline(transaction=True)
+    pipe.zrem(issued_key(eshop_id), pending)
+    pipe.zadd(issued_key(eshop_id), {fp: expires_at})
+    pipe.hset(
+        token_key(eshop_id),
+        mapping={
+            "ct": encrypt(minted.access_token),
+            "fp": fp,
+            "exp": expires_at,
+            "life": minted.expires_in,
+        },
+    )
+    pipe.pexpireat(token_key(eshop_id), int(expires_at * 1000))
+    pipe.execute()
+    _remember(eshop_id, cached)
+    logger.info(
+        "eshop_id=%s: new API token fp=%s expires_in=%ss",
+        eshop_id,
+        fp[:8],
+        minted.expires_in,
+    )
+    return cached
+
+
+def _at_cap(
+    r: redis.Redis, eshop_id: int, stored: CachedToken | None, now: float
+) -> CachedToken:
+    if stored and stored.valid(now):
+        # At the cap: keep using the current token until its very end rather than mint a sixth.
+        _remember(eshop_id, stored)
+        return stored
+    earliest = r.zrange(issued_key(eshop_id), 0, 0, withscores=True)
+    retry_in = max(0.0, float(earliest[0][1]) - now) if earliest else 0.0
+    logger.error(
+        "eshop_id=%s: token cap %s reached and no valid token stored; next slot in %.0f s",
+        eshop_id,
+        token_cap(),
+        retry_in,
+    )
+    raise ShoptetMaxTokensReached(
+        f"{token_cap()} API tokens are valid already; next slot in {retry_in:.0f} s",
+        error_code="maximum_tokens_reached",
+        endpoint="GET oauth/getAccessToken",
+    )
+
+
+def _renew_local(eshop: Eshop) -> CachedToken:
+    """Redis is down: one token per e-shop per process, minted under a process lock."""
+    with _memory_lock:
+        lock = _fallback_locks.setdefault(eshop.eshop_id, threading.Lock())
+    with lock:
+        with _memory_lock:
+            cached = _memory.get(eshop.eshop_id)
+        if cached and cached.usable(time.time()):
+            return cached
+        started = time.time()
+        minted = _mint(eshop)
+        cached = CachedToken(
+            token=minted.access_token,
+            expires_at=started + minted.expires_in,
+            lifetime=float(minted.expires_in),
+        )
+        _remember(eshop.eshop_id, cached)
+        return cached
+
+
+def _mint(eshop: Eshop) -> ApiAccessToken:
+    """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status."""
+    try:
+        return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
+    except AddonSuspended as exc:
+        eshop.mark_inactive(
+            status=eshop.Status.SUSPENDED, reason=f"getAccessToken: {exc.error_code}", same_token=True
+        )
+        raise
+    except AddonNotInstalled as exc:
+        eshop.mark_inactive(
+            status=eshop.Status.UNINSTALLED, reason=f"getAccessToken: {exc.error_code}", same_token=True
+        )
+        raise
+    except ShoptetOAuthError as exc:
+        if exc.status_code == 401:
+            # The OAuth token itself is refused: only a reinstall issues a new one.
+            eshop.mark_inactive(
+                status=eshop.Status.UNINSTALLED,
+                reason="getAccessToken: OAuth token rejected (401)",
+                same_token=True,
+            )
+        raise

@@ -1,0 +1,176 @@
+"""Celery tasks: post-install setup, proactive renewal and the pending-install sweep."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+from celery.contrib.testing.worker import start_worker
+from django.utils import timezone
+
+from addon_project.celery import app
+from addon_project.redis_client import get_redis
+from eshops.models import Eshop
+from oauth.services import install_addon
+from shoptet_api import tasks, tokens
+from shoptet_api.emulator import ShoptetEmulator
+
+pytestmark = pytest.mark.django_db
+
+TOKEN_PATH = "/action/ApiOAuthServer/getAccessToken"
+
+
+@pytest.fixture
+def install(shoptet_settings: ShoptetEmulator) -> Callable[..., Eshop]:
+    def installed(**shop: Any) -> Eshop:
+        emulated = shoptet_settings.add_eshop(**shop)
+        return install_addon(
+            code=shoptet_settings.issue_install_code(emulated.eshop_id)
+        )
+
+    return installed
+
+
+def token_calls(emulator: ShoptetEmulator) -> int:
+    return sum(
+        1 for _, path, _ in emulator.stats.requests if path.startswith(TOKEN_PATH)
+    )
+
+
+def test_post_install_fetches_eshop_details(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+
+    tasks.post_install.apply(args=(eshop.eshop_id,))
+
+    eshop.refresh_from_db()
+    assert eshop.name == shoptet_settings.get_eshop(eshop.eshop_id).name
+    assert eshop.setup_completed_at is not None
+    assert shoptet_settings.stats.api_tokens_issued[eshop.eshop_id] == 1
+
+
+def test_post_install_skips_an_inactive_tenant(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    Eshop.objects.filter(pk=eshop.pk).update(status=Eshop.Status.SUSPENDED)
+
+    tasks.post_install.apply(args=(eshop.eshop_id,))
+
+    assert token_calls(shoptet_settings) == 0
+    assert Eshop.objects.get(pk=eshop.pk).setup_completed_at is None
+
+
+def test_renewal_task_does_not_retry_when_addon_is_not_installed(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    shoptet_settings.set_addon_state(eshop.eshop_id, "not_installed")
+
+    result = tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+
+    assert result.successful()
+    assert token_calls(shoptet_settings) == 1
+    assert Eshop.objects.get(pk=eshop.pk).status == Eshop.Status.UNINSTALLED
+
+
+def test_renewal_task_retries_a_transient_failure(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    shoptet_settings.fail_next(1, status=503, path_prefix=TOKEN_PATH)
+
+    result = tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+
+    assert result.successful()
+    assert token_calls(shoptet_settings) == 2
+    assert get_redis().hget(tokens.token_key(eshop.eshop_id), "exp") is not None
+
+
+def test_sweep_renews_only_recently_active_tenants_whose_token_is_due(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    fresh, due, idle = install(), install(), install()
+    shoptet_settings.token_lifetime = 1800
+    tokens.get_api_access_token(fresh)
+    shoptet_settings.token_lifetime = 30  # expires before the next sweep
+    tokens.get_api_access_token(due)
+
+    with mock.patch.object(
+        tasks.renew_api_token, "apply_async", autospec=True
+    ) as schedule:
+        scheduled = tasks.renew_expiring_tokens.apply().get()
+
+    assert scheduled == 1
+    (args,), kwargs = schedule.call_args
+    assert args == (due.eshop_id,)
+    assert 0 <= kwargs["countdown"] <= 30
+    assert idle.eshop_id not in {call.args[0][0] for call in schedule.call_args_list}
+
+
+def test_proactive_renewal_replaces_a_token_inside_the_margin(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    # 20 s left is inside margin (0.8 s) + jitter (20 s) + 5 s: the task renews it.
+    shoptet_settings.token_lifetime = 20
+    old = tokens.get_api_access_token(eshop)
+
+    tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+    tokens.clear_process_cache()
+
+    assert tokens.get_api_access_token(eshop) != old
+    assert shoptet_settings.stats.api_tokens_issued[eshop.eshop_id] == 2
+
+
+def test_pending_install_sweep_completes_setup_that_never_ran(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    Eshop.objects.filter(pk=eshop.pk).update(
+        last_installed_at=timezone.now() - dt.timedelta(minutes=10)
+    )
+
+    assert tasks.complete_pending_installs.apply().get() == 1
+
+    assert Eshop.objects.get(pk=eshop.pk).setup_completed_at is not None
+    assert tasks.complete_pending_installs.apply().get() == 0
+
+
+@pytest.fixture
+def real_worker() -> Iterator[None]:
+    """A Celery worker thread consuming a queue of this test's own on the real Redis broker."""
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    saved = {key: app.conf[key] for key in ("task_always_eager", "task_default_queue")}
+    app.conf.update(task_always_eager=False, task_default_queue=queue)
+    try:
+        with start_worker(
+            app, pool="solo", perform_ping_check=False, shutdown_timeout=10
+        ):
+            yield
+    finally:
+        app.conf.update(saved)
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.usefixtures("real_worker")
+def test_install_runs_post_install_through_a_real_worker(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()  # commits, and on_commit publishes post_install to Redis
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        eshop.refresh_from_db()
+        if eshop.setup_completed_at is not None:
+            break
+        time.sleep(0.1)
+
+    assert eshop.setup_completed_at is not None
+    assert eshop.name == shoptet_settings.get_eshop(eshop.eshop_id).name
