@@ -29,7 +29,7 @@ from shoptet_api.errors import (
     error_from_response,
     request_id_of,
 )
-from shoptet_api.limiter import record_bucket, request_slot
+from shoptet_api.limiter import request_slot
 from shoptet_api.tokens import get_api_access_token, invalidate_api_token
 from shoptet_api.transport import USER_AGENT, Timeout, default_timeout, send
 
@@ -312,7 +312,7 @@ class ShoptetClient:
         eshop_id = self.eshop.eshop_id
         with request_slot(
             eshop_id, deadline=deadline, lease_seconds=timeout[0] + timeout[1] + 5
-        ):
+        ) as slot:
             sent_at = time.monotonic()
             response = send(
                 method,
@@ -324,7 +324,7 @@ class ShoptetClient:
                 endpoint=label,
                 session=self.session,
             )
-        record_bucket(eshop_id, response.headers.get("X-RateLimit-Bucket-Filling"))
+            slot.bucket_filling = response.headers.get("X-RateLimit-Bucket-Filling")
         logger.debug(
             "eshop_id=%s %s -> %s in %d ms request_id=%s",
             eshop_id,

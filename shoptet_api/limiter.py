@@ -77,11 +77,23 @@ def bucket_pause(level: float, maximum: float, read_at: float, now: float) -> fl
     return min((estimated - threshold) / leak, MAX_BUCKET_PAUSE)
 
 
+class Slot:
+    """A held request slot; set `bucket_filling` from the answer so the release records it."""
+
+    def __init__(self) -> None:
+        self.bucket_filling: str | None = None
+
+
 @contextlib.contextmanager
 def request_slot(
     eshop_id: int, *, deadline: float, lease_seconds: float
-) -> Iterator[None]:
-    """Hold one of the e-shop's in-flight slots (and respect bucket pacing) around one request."""
+) -> Iterator[Slot]:
+    """Hold one of the e-shop's in-flight slots (and respect bucket pacing) around one request.
+
+    Two Redis round trips per request: acquire (one Lua call that also reads the bucket), and
+    release (one pipeline that also stores the bucket level the answer reported).
+    """
+    slot = Slot()
     try:
         r = get_redis()
         lease = uuid.uuid4().hex
@@ -95,7 +107,7 @@ def request_slot(
             eshop_id,
         )
         with _local_slot(eshop_id, deadline=deadline):
-            yield
+            yield slot
         return
     try:
         if pause > 0:
@@ -103,25 +115,19 @@ def request_slot(
                 "eshop_id=%s: bucket nearly full, pausing %.2f s", eshop_id, pause
             )
             time.sleep(pause)
-        yield
+        yield slot
     finally:
         with contextlib.suppress(redis.RedisError):
-            r.zrem(leases_key(eshop_id), lease)
-
-
-def record_bucket(eshop_id: int, header: str | None) -> None:
-    """Store the bucket level Shoptet reported, for the next caller's pacing."""
-    reading = parse_bucket_filling(header)
-    if reading is None:
-        return
-    with contextlib.suppress(redis.RedisError):
-        pipe = get_redis().pipeline(transaction=True)
-        pipe.hset(
-            bucket_key(eshop_id),
-            mapping={"level": reading[0], "max": reading[1], "at": time.time()},
-        )
-        pipe.expire(bucket_key(eshop_id), 120)
-        pipe.execute()
+            pipe = r.pipeline(transaction=False)
+            pipe.zrem(leases_key(eshop_id), lease)
+            reading = parse_bucket_filling(slot.bucket_filling)
+            if reading is not None:
+                pipe.hset(
+                    bucket_key(eshop_id),
+                    mapping={"level": reading[0], "max": reading[1], "at": time.time()},
+                )
+                pipe.expire(bucket_key(eshop_id), 120)
+            pipe.execute()
 
 
 def _acquire(

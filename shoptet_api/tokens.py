@@ -148,6 +148,9 @@ class CachedToken:
 # Process memory: e-shop id → its current token. Saves a Redis round trip per API call.
 _memory: dict[int, CachedToken] = {}
 _memory_lock = threading.Lock()
+# When this process last recorded each e-shop's API activity (epoch seconds).
+_activity_noted: dict[int, float] = {}
+ACTIVITY_NOTE_INTERVAL = 10.0
 # Per-process, per-e-shop locks used only while Redis is unreachable.
 _fallback_locks: dict[int, threading.Lock] = {}
 
@@ -166,6 +169,7 @@ def clear_process_cache() -> None:
     """Forget every token this process holds in memory (tests, and after a reinstall)."""
     with _memory_lock:
         _memory.clear()
+        _activity_noted.clear()
 
 
 def _read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
@@ -297,7 +301,11 @@ def renew_ahead(eshop: Eshop) -> bool:
 
 
 def _note_activity(eshop_id: int, now: float) -> None:
-    # Activity only steers proactive renewal; the request itself goes on without it.
+    # Activity only steers proactive renewal (minute resolution is plenty), so each process
+    # writes it at most every ACTIVITY_NOTE_INTERVAL seconds per e-shop, and never fails a request.
+    if now - _activity_noted.get(eshop_id, 0.0) < ACTIVITY_NOTE_INTERVAL:
+        return
+    _activity_noted[eshop_id] = now
     with contextlib.suppress(redis.RedisError):
         get_redis().zadd(activity_key(), {str(eshop_id): now})
 
@@ -470,12 +478,16 @@ def _mint(eshop: Eshop) -> ApiAccessToken:
         return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
     except AddonSuspended as exc:
         eshop.mark_inactive(
-            status=eshop.Status.SUSPENDED, reason=f"getAccessToken: {exc.error_code}", same_token=True
+            status=eshop.Status.SUSPENDED,
+            reason=f"getAccessToken: {exc.error_code}",
+            same_token=True,
         )
         raise
     except AddonNotInstalled as exc:
         eshop.mark_inactive(
-            status=eshop.Status.UNINSTALLED, reason=f"getAccessToken: {exc.error_code}", same_token=True
+            status=eshop.Status.UNINSTALLED,
+            reason=f"getAccessToken: {exc.error_code}",
+            same_token=True,
         )
         raise
     except ShoptetOAuthError as exc:
