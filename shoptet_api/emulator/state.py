@@ -1,0 +1,780 @@
+"""The emulator's memory: e-shops, codes, tokens, fault knobs and counters.
+
+Everything here is plain Python guarded by one lock, with no HTTP in it, so the
+server module stays a thin translation layer and tests can reason about state
+directly. Time for expiries and the leaky bucket is ``time.monotonic()``; only
+answers that show a date (``Retry-After``, ``created``) use the wall clock.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import secrets
+import string
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+AddonState = Literal["active", "suspended", "not_installed"]
+FaultKind = Literal["fail", "drop", "lock"]
+
+FIRST_ESHOP_ID = 100001
+INSTALL_CODE_LENGTH = 255  # "a 255 character long string" (OpenAPI "For Addons")
+OAUTH_TOKEN_LENGTH = 255  # "about 255 chars" (official install sample)
+REQUEST_LOG_LIMIT = 5000
+# Expired API tokens are remembered this long so the API can still say
+# "expired-token" (not "invalid-token") for them; then they are forgotten.
+EXPIRED_TOKEN_MEMORY = 3600.0
+LOGIN_CODE_LIFETIME = 300.0
+LOGIN_TOKEN_LIFETIME = 3600
+
+_TOKEN_ALPHABET = string.ascii_lowercase + string.digits
+
+
+def random_token(length: int, alphabet: str = _TOKEN_ALPHABET) -> str:
+    """Return a random string from ``secrets`` (never ``random``)."""
+    return "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+def urlsafe_token(length: int) -> str:
+    """Return a URL-safe random string of exactly ``length`` characters."""
+    return secrets.token_urlsafe(length)[:length]
+
+
+def shoptet_datetime(moment: datetime | None = None) -> str:
+    """Format like Shoptet's ``typeDateTime``: ``2018-05-29T09:02:27+0200``."""
+    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def mask_token(token: str) -> str:
+    """Show a token the way Shoptet's 403 message does (``afd..123``), never whole."""
+    if len(token) <= 8:
+        return "..."
+    return f"{token[:3]}..{token[-3:]}"
+
+
+@dataclass
+class Webhook:
+    """One webhook registration of one installation."""
+
+    id: int
+    event: str
+    url: str
+    created: str
+    updated: str | None = None
+    send_payload: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "event": self.event,
+            "url": self.url,
+            "created": self.created,
+            "updated": self.updated,
+            "sendPayload": self.send_payload,
+        }
+
+
+@dataclass
+class EmulatedEshop:
+    """A customer e-shop with the addon (possibly) installed."""
+
+    eshop_id: int
+    url: str
+    contact_email: str
+    name: str
+    trial: bool = False
+    addon_state: AddonState = "not_installed"
+    order_count: int = 0
+    denied_endpoints: set[str] = field(default_factory=set)
+    webhooks: dict[int, Webhook] = field(default_factory=dict)
+    oauth_token: str | None = field(default=None, repr=False)
+    signature_key: str | None = field(default=None, repr=False)
+    # token -> monotonic expiry, for the API tokens minted from the current OAuth token
+    api_tokens: dict[str, float] = field(default_factory=dict, repr=False)
+    bucket_level: float = field(default=0.0, repr=False)
+    bucket_time: float = field(default=0.0, repr=False)
+
+
+@dataclass
+class EmulatorStats:
+    """What the emulator saw. Read it directly in tests, or ``snapshot()`` it."""
+
+    token_exchanges: int = 0
+    failed_exchanges: int = 0
+    access_token_requests: Counter[int] = field(default_factory=Counter)
+    api_tokens_issued: Counter[int] = field(default_factory=Counter)
+    max_valid_tokens_seen: Counter[int] = field(default_factory=Counter)
+    cap_rejections: Counter[int] = field(default_factory=Counter)
+    api_requests: Counter[int] = field(default_factory=Counter)
+    # Peak number of requests in flight at once, keyed by API token and by eshop id.
+    # It counts requests the emulator refused for concurrency too, so a client that
+    # overshoots the limit shows up here as a peak above it.
+    peak_concurrency: Counter[str | int] = field(default_factory=Counter)
+    concurrency_rejections: Counter[int] = field(default_factory=Counter)
+    bucket_rejections: Counter[int] = field(default_factory=Counter)
+    webhook_deliveries: Counter[int] = field(default_factory=Counter)
+    status_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
+    # (method, path, status); status 0 means the emulator dropped the connection.
+    requests: list[tuple[str, str, int]] = field(default_factory=list)
+
+    def snapshot(self) -> dict[str, Any]:
+        """Return a JSON-friendly copy (dict keys become strings)."""
+        return {
+            "tokenExchanges": self.token_exchanges,
+            "failedExchanges": self.failed_exchanges,
+            "accessTokenRequests": _keyed(self.access_token_requests),
+            "apiTokensIssued": _keyed(self.api_tokens_issued),
+            "maxValidTokensSeen": _keyed(self.max_valid_tokens_seen),
+            "capRejections": _keyed(self.cap_rejections),
+            "apiRequests": _keyed(self.api_requests),
+            # Tokens are secrets: the JSON view keeps only the per-eshop peaks.
+            "peakConcurrency": {
+                str(key): value
+                for key, value in self.peak_concurrency.items()
+                if isinstance(key, int)
+            },
+            "concurrencyRejections": _keyed(self.concurrency_rejections),
+            "bucketRejections": _keyed(self.bucket_rejections),
+            "webhookDeliveries": _keyed(self.webhook_deliveries),
+            "statusCounts": {
+                f"{path} {status}": count
+                for (path, status), count in self.status_counts.items()
+            },
+            "requestCount": sum(self.status_counts.values()),
+        }
+
+
+def _keyed(counter: Counter[int]) -> dict[str, int]:
+    return {str(key): value for key, value in counter.items()}
+
+
+@dataclass
+class FaultRule:
+    """One armed fault knob: the next ``remaining`` matching requests misbehave."""
+
+    kind: FaultKind
+    remaining: int
+    path_prefix: str
+    status: int = 500
+    body: Any = None
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """A request being served; handed back to ``leave_request``."""
+
+    token: str | None
+    eshop_id: int | None
+    over_limit: bool
+
+
+@dataclass(frozen=True)
+class BucketResult:
+    admitted: bool
+    filling: str
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Minted:
+    """Outcome of ``getAccessToken``: a token, or the OAuth error to answer."""
+
+    eshop_id: int | None
+    token: str | None = None
+    expires_in: int = 0
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class ApiAuth:
+    """Outcome of checking ``Shoptet-Access-Token``."""
+
+    eshop: EmulatedEshop | None
+    error: Literal["missing", "invalid", "expired", "not-approved", "no-rights"] | None
+
+
+@dataclass
+class _LoginCode:
+    eshop_id: int
+    expires_at: float
+    redirect_uri: str | None
+    user_email: str
+    user_name: str
+
+
+@dataclass
+class _LoginToken:
+    eshop_id: int
+    expires_at: float
+    user_email: str
+    user_name: str
+
+
+class EmulatorState:
+    """All mutable emulator state and knobs, thread-safe behind one lock.
+
+    Knobs that are plain numbers (``token_lifetime``, ``max_valid_tokens``,
+    ``bucket_capacity``, ...) are ordinary attributes: a single assignment is
+    atomic, and every reader takes them under the lock.
+    """
+
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        client_secret: str | None,
+        redirect_uri: str | None,
+        token_lifetime: int = 1800,
+        install_code_lifetime: float = 300.0,
+    ) -> None:
+        self.client_id = client_id
+        self.client_secret = client_secret
+        self.redirect_uri = redirect_uri
+        self._defaults = {
+            "token_lifetime": token_lifetime,
+            "install_code_lifetime": install_code_lifetime,
+        }
+        self._lock = threading.Lock()
+        self._clear()
+
+    # -- lifecycle --------------------------------------------------------------
+
+    def _clear(self) -> None:
+        self.token_lifetime: int = int(self._defaults["token_lifetime"])
+        self.install_code_lifetime: float = float(
+            self._defaults["install_code_lifetime"]
+        )
+        self.max_valid_tokens = 5
+        self.bucket_capacity = 200
+        self.bucket_leak_per_second = 10.0
+        self.request_cost = 1
+        # Shoptet charges by result size; a full orders page is one of the dearer calls.
+        self.orders_page_cost = 5
+        self.max_connections_per_token = 3
+        self.stats = EmulatorStats()
+        self._eshops: dict[int, EmulatedEshop] = {}
+        self._next_eshop_id = FIRST_ESHOP_ID
+        self._next_webhook_id = 1
+        self._install_codes: dict[str, tuple[int, float]] = {}
+        self._oauth_tokens: dict[str, int] = {}
+        # every API token ever minted -> (eshop id, monotonic expiry); see EXPIRED_TOKEN_MEMORY
+        self._api_tokens: dict[str, tuple[int, float]] = {}
+        self._last_sweep = time.monotonic()
+        self._login_codes: dict[str, _LoginCode] = {}
+        self._login_tokens: dict[str, _LoginToken] = {}
+        self._faults: list[FaultRule] = []
+        self._latency: dict[str, float] = {}
+        self._inflight: Counter[str | int] = Counter()
+
+    def reset(self) -> None:
+        """Forget every e-shop, code, token, knob and counter."""
+        with self._lock:
+            self._clear()
+
+    # -- knobs ------------------------------------------------------------------
+
+    @property
+    def latency(self) -> float:
+        """Seconds added to every answer (the ``/`` prefix of ``set_latency``)."""
+        with self._lock:
+            return self._latency.get("/", 0.0)
+
+    @latency.setter
+    def latency(self, seconds: float) -> None:
+        self.set_latency(seconds)
+
+    def set_latency(self, seconds: float, path_prefix: str = "/") -> None:
+        """Delay answers under ``path_prefix``; the longest matching prefix wins."""
+        with self._lock:
+            if seconds > 0:
+                self._latency[path_prefix] = float(seconds)
+            else:
+                self._latency.pop(path_prefix, None)
+
+    def latency_for(self, path: str) -> float:
+        with self._lock:
+            matches = [prefix for prefix in self._latency if path.startswith(prefix)]
+            return self._latency[max(matches, key=len)] if matches else 0.0
+
+    def fail_next(
+        self,
+        count: int,
+        status: int = 500,
+        body: Any = None,
+        path_prefix: str = "/",
+        *,
+        retry_after: float | None = None,
+    ) -> None:
+        """Answer the next ``count`` matching requests with ``status``.
+
+        ``body`` may be a dict (sent as JSON), a str or bytes (sent as is), or
+        None for a realistic default: a Shoptet envelope on ``/api/``, an OAuth
+        error on the OAuth servers. ``retry_after`` (seconds) adds a
+        ``Retry-After`` date; 429 answers get one second by default.
+        """
+        self._arm(FaultRule("fail", count, path_prefix, status, body, retry_after))
+
+    def drop_next(self, count: int, path_prefix: str = "/") -> None:
+        """Close the socket without answering the next ``count`` matching requests."""
+        self._arm(FaultRule("drop", count, path_prefix))
+
+    def lock_next(self, count: int, path_prefix: str = "/api/") -> None:
+        """Answer the next ``count`` matching API requests with 423 Locked."""
+        self._arm(FaultRule("lock", count, path_prefix, status=423))
+
+    def _arm(self, rule: FaultRule) -> None:
+        if rule.remaining <= 0:
+            return
+        with self._lock:
+            self._faults.append(rule)
+
+    def take_fault(self, path: str) -> FaultRule | None:
+        """Consume one armed fault matching ``path`` (oldest first)."""
+        with self._lock:
+            for rule in self._faults:
+                if path.startswith(rule.path_prefix):
+                    rule.remaining -= 1
+                    if rule.remaining <= 0:
+                        self._faults.remove(rule)
+                    return copy.copy(rule)
+        return None
+
+    # -- e-shops ----------------------------------------------------------------
+
+    def add_eshop(
+        self,
+        eshop_id: int | None = None,
+        url: str | None = None,
+        contact_email: str | None = None,
+        *,
+        name: str | None = None,
+        trial: bool = False,
+    ) -> EmulatedEshop:
+        """Create (or return the existing) e-shop; ids count up from 100001."""
+        with self._lock:
+            return self._add_eshop(eshop_id, url, contact_email, name=name, trial=trial)
+
+    def _add_eshop(
+        self,
+        eshop_id: int | None,
+        url: str | None,
+        contact_email: str | None,
+        *,
+        name: str | None = None,
+        trial: bool = False,
+    ) -> EmulatedEshop:
+        if eshop_id is None:
+            while self._next_eshop_id in self._eshops:
+                self._next_eshop_id += 1
+            eshop_id = self._next_eshop_id
+            self._next_eshop_id += 1
+        existing = self._eshops.get(eshop_id)
+        if existing is not None:
+            return existing
+        shop = EmulatedEshop(
+            eshop_id=eshop_id,
+            url=url or f"https://shop-{eshop_id}.myshoptet.com/",
+            contact_email=contact_email or f"owner-{eshop_id}@example.com",
+            name=name or f"Emulated shop {eshop_id}",
+            trial=trial,
+        )
+        self._eshops[eshop_id] = shop
+        return shop
+
+    def get_eshop(self, eshop_id: int) -> EmulatedEshop:
+        """Return the e-shop; ``KeyError`` when the emulator does not know it."""
+        with self._lock:
+            return self._eshops[eshop_id]
+
+    def has_eshop(self, eshop_id: int) -> bool:
+        with self._lock:
+            return eshop_id in self._eshops
+
+    @property
+    def eshops(self) -> list[EmulatedEshop]:
+        with self._lock:
+            return list(self._eshops.values())
+
+    def add_orders(self, eshop_id: int, count: int) -> None:
+        """Seed ``count`` more orders (built on demand, so 10,000 shops stay cheap)."""
+        with self._lock:
+            self._eshops[eshop_id].order_count += count
+
+    def set_addon_state(self, eshop_id: int, state: AddonState) -> None:
+        """Suspend, uninstall or reactivate the addon on one e-shop.
+
+        Uninstalling revokes the e-shop's API tokens (they answer ``invalid-token``);
+        suspending keeps them but the API refuses them until reactivated.
+        """
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            shop.addon_state = state
+            if state == "not_installed":
+                self._drop_api_tokens(shop)
+
+    def deny_endpoint(self, eshop_id: int, endpoint: str) -> None:
+        """Make ``"GET /api/orders"`` (a route as ``METHOD /template``) answer 403."""
+        with self._lock:
+            self._eshops[eshop_id].denied_endpoints.add(_route_key(endpoint))
+
+    def allow_endpoint(self, eshop_id: int, endpoint: str) -> None:
+        with self._lock:
+            self._eshops[eshop_id].denied_endpoints.discard(_route_key(endpoint))
+
+    # -- install (partner ApiOAuthServer) -----------------------------------------
+
+    def issue_install_code(self, eshop_id: int | None = None) -> str:
+        """Simulate Shoptet installing the addon: a fresh single-use 255-char code.
+
+        An unknown ``eshop_id`` (or None) adds the e-shop first.
+        """
+        code = urlsafe_token(INSTALL_CODE_LENGTH)
+        with self._lock:
+            shop = self._add_eshop(eshop_id, None, None)
+            self._install_codes[code] = (
+                shop.eshop_id,
+                time.monotonic() + self.install_code_lifetime,
+            )
+        return code
+
+    def consume_install_code(self, code: str) -> int | None:
+        """Take a code out of circulation; its e-shop id, or None if unknown/expired."""
+        with self._lock:
+            entry = self._install_codes.pop(code, None)
+        if entry is None or entry[1] <= time.monotonic():
+            return None
+        return entry[0]
+
+    def complete_install(self, eshop_id: int) -> tuple[EmulatedEshop, str]:
+        """Issue the installation's OAuth token; a reinstall replaces the old one."""
+        token = urlsafe_token(OAUTH_TOKEN_LENGTH)
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            if shop.oauth_token is not None:
+                self._oauth_tokens.pop(shop.oauth_token, None)
+            # UNCERTAIN: whether a reinstall voids API tokens minted from the old OAuth
+            # token. The 5-token cap is per OAuth token, so we start the new one clean.
+            self._drop_api_tokens(shop)
+            shop.oauth_token = token
+            shop.addon_state = "active"
+            self._oauth_tokens[token] = eshop_id
+            self.stats.token_exchanges += 1
+        return shop, token
+
+    def record_failed_exchange(self) -> None:
+        with self._lock:
+            self.stats.failed_exchanges += 1
+
+    def oauth_token_for(self, eshop_id: int) -> str | None:
+        """The OAuth token the most recent successful exchange issued."""
+        with self._lock:
+            shop = self._eshops.get(eshop_id)
+            return shop.oauth_token if shop else None
+
+    def revoke_oauth_token(self, eshop_id: int) -> None:
+        """Make ``getAccessToken`` answer 401 for the e-shop's current OAuth token."""
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            if shop.oauth_token is not None:
+                self._oauth_tokens.pop(shop.oauth_token, None)
+
+    # -- API access tokens ------------------------------------------------------
+
+    def mint_api_token(self, oauth_token: str | None) -> Minted:
+        """``getAccessToken``: a new API token unless refused (cap, state, auth)."""
+        now = time.monotonic()
+        with self._lock:
+            eshop_id = self._oauth_tokens.get(oauth_token) if oauth_token else None
+            if eshop_id is None:
+                return Minted(None, error="Unauthorized")
+            shop = self._eshops[eshop_id]
+            self.stats.access_token_requests[eshop_id] += 1
+            if shop.addon_state == "suspended":
+                return Minted(eshop_id, error="addon_suspended")
+            if shop.addon_state == "not_installed":
+                return Minted(eshop_id, error="addon_not_installed")
+            self._prune_api_tokens(shop, now)
+            if len(shop.api_tokens) >= self.max_valid_tokens:
+                self.stats.cap_rejections[eshop_id] += 1
+                return Minted(eshop_id, error="maximum_tokens_reached")
+            # Current docs: 38 to 60 characters, e.g. "123456-a-fltqc2nn...".
+            token = f"{eshop_id}-a-{random_token(40)}"
+            expires_at = now + self.token_lifetime
+            shop.api_tokens[token] = expires_at
+            self._api_tokens[token] = (eshop_id, expires_at)
+            self.stats.api_tokens_issued[eshop_id] += 1
+            seen = self.stats.max_valid_tokens_seen
+            seen[eshop_id] = max(seen[eshop_id], len(shop.api_tokens))
+            return Minted(eshop_id, token=token, expires_in=self.token_lifetime)
+
+    def valid_api_tokens(self, eshop_id: int) -> int:
+        """How many of the e-shop's API tokens are unexpired right now."""
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            self._prune_api_tokens(shop, time.monotonic())
+            return len(shop.api_tokens)
+
+    def expire_api_tokens(self, eshop_id: int) -> None:
+        """Every API token issued for the e-shop expires now."""
+        now = time.monotonic()
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            for token in shop.api_tokens:
+                self._api_tokens[token] = (eshop_id, now)
+            shop.api_tokens.clear()
+
+    def _prune_api_tokens(self, shop: EmulatedEshop, now: float) -> None:
+        for token, expires_at in list(shop.api_tokens.items()):
+            if expires_at <= now:
+                del shop.api_tokens[token]
+        # The global index is swept at most once a minute: it can hold 50,000 tokens.
+        if now - self._last_sweep < 60.0:
+            return
+        self._last_sweep = now
+        forget = now - EXPIRED_TOKEN_MEMORY
+        for token, (_, expires_at) in list(self._api_tokens.items()):
+            if expires_at <= forget:
+                del self._api_tokens[token]
+
+    def _drop_api_tokens(self, shop: EmulatedEshop) -> None:
+        for token in shop.api_tokens:
+            self._api_tokens.pop(token, None)
+        shop.api_tokens.clear()
+
+    def authenticate(self, token: str | None, route: str | None) -> ApiAuth:
+        """Check ``Shoptet-Access-Token`` for one call to ``route`` (``METHOD /tmpl``)."""
+        if not token:
+            return ApiAuth(None, "missing")
+        with self._lock:
+            entry = self._api_tokens.get(token)
+            if entry is None:
+                return ApiAuth(None, "invalid")
+            eshop_id, expires_at = entry
+            shop = self._eshops[eshop_id]
+            if expires_at <= time.monotonic():
+                return ApiAuth(shop, "expired")
+            if shop.addon_state != "active":
+                return ApiAuth(shop, "not-approved")
+            if route is not None and route in shop.denied_endpoints:
+                return ApiAuth(shop, "no-rights")
+            return ApiAuth(shop, None)
+
+    # -- connection limit and leaky bucket --------------------------------------
+
+    def enter_request(self, token: str | None) -> InFlight:
+        """Count a request in flight (per token, like nginx ``limit_conn``)."""
+        if not token:
+            return InFlight(None, None, over_limit=False)
+        with self._lock:
+            entry = self._api_tokens.get(token)
+            eshop_id = entry[0] if entry else None
+            self._inflight[token] += 1
+            now_token = self._inflight[token]
+            peaks = self.stats.peak_concurrency
+            peaks[token] = max(peaks[token], now_token)
+            if eshop_id is not None:
+                self.stats.api_requests[eshop_id] += 1
+                self._inflight[eshop_id] += 1
+                peaks[eshop_id] = max(peaks[eshop_id], self._inflight[eshop_id])
+            over = now_token > self.max_connections_per_token
+            if over and eshop_id is not None:
+                self.stats.concurrency_rejections[eshop_id] += 1
+            return InFlight(token, eshop_id, over_limit=over)
+
+    def leave_request(self, ticket: InFlight) -> None:
+        if ticket.token is None:
+            return
+        with self._lock:
+            for key in (ticket.token, ticket.eshop_id):
+                if key is None:
+                    continue
+                self._inflight[key] -= 1
+                if self._inflight[key] <= 0:
+                    del self._inflight[key]
+
+    def bucket_filling(self, eshop_id: int | None) -> str:
+        """The ``X-RateLimit-Bucket-Filling`` value, without charging anything."""
+        with self._lock:
+            if eshop_id is None or eshop_id not in self._eshops:
+                return f"0/{self.bucket_capacity}"
+            level = self._leak(self._eshops[eshop_id], time.monotonic())
+            return self._filling(level)
+
+    def charge(self, eshop_id: int, cost: int) -> BucketResult:
+        """Admit a request unless the e-shop's bucket is full, then add its cost.
+
+        Shoptet prices a request after running it, so a request is admitted while
+        the bucket is not yet full and may push it past the brim.
+        """
+        now = time.monotonic()
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            level = self._leak(shop, now)
+            capacity = self.bucket_capacity
+            if level >= capacity:
+                self.stats.bucket_rejections[eshop_id] += 1
+                leak = self.bucket_leak_per_second
+                wait = (level - capacity) / leak + 1 / leak if leak > 0 else 60.0
+                return BucketResult(
+                    admitted=False, filling=self._filling(level), retry_after=wait
+                )
+            shop.bucket_level = level + cost
+            return BucketResult(admitted=True, filling=self._filling(shop.bucket_level))
+
+    def _leak(self, shop: EmulatedEshop, now: float) -> float:
+        elapsed = max(0.0, now - shop.bucket_time)
+        shop.bucket_level = max(
+            0.0, shop.bucket_level - elapsed * self.bucket_leak_per_second
+        )
+        shop.bucket_time = now
+        return shop.bucket_level
+
+    def _filling(self, level: float) -> str:
+        return f"{min(math.ceil(level), self.bucket_capacity)}/{self.bucket_capacity}"
+
+    # -- webhooks ---------------------------------------------------------------
+
+    def renew_signature_key(self, eshop_id: int) -> str:
+        # 32 hex characters, like the spec's example "8a5e881b19ad6cc0bc986587b22e30be"
+        key = secrets.token_hex(16)
+        with self._lock:
+            self._eshops[eshop_id].signature_key = key
+        return key
+
+    def signature_key_for(self, eshop_id: int) -> str | None:
+        with self._lock:
+            return self._eshops[eshop_id].signature_key
+
+    def add_webhook(
+        self, eshop_id: int, event: str, url: str, send_payload: str | None
+    ) -> Webhook | None:
+        """Register one webhook; None when the event already has one (one URL per event)."""
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            if any(hook.event == event for hook in shop.webhooks.values()):
+                return None
+            hook = Webhook(
+                self._next_webhook_id,
+                event,
+                url,
+                shoptet_datetime(),
+                None,
+                send_payload,
+            )
+            self._next_webhook_id += 1
+            shop.webhooks[hook.id] = hook
+            return copy.copy(hook)
+
+    def webhooks_of(self, eshop_id: int) -> list[Webhook]:
+        with self._lock:
+            return [
+                copy.copy(hook) for hook in self._eshops[eshop_id].webhooks.values()
+            ]
+
+    def update_webhook(
+        self, eshop_id: int, webhook_id: int, changes: dict[str, Any]
+    ) -> bool:
+        with self._lock:
+            hook = self._eshops[eshop_id].webhooks.get(webhook_id)
+            if hook is None:
+                return False
+            if "url" in changes:
+                hook.url = changes["url"]
+            if "sendPayload" in changes:
+                hook.send_payload = changes["sendPayload"]
+            hook.updated = shoptet_datetime()
+            return True
+
+    def delete_webhook(self, eshop_id: int, webhook_id: int) -> bool:
+        with self._lock:
+            return self._eshops[eshop_id].webhooks.pop(webhook_id, None) is not None
+
+    def record_answer(self, method: str, path: str, status: int) -> None:
+        """Count one answer (status 0: the connection was dropped on purpose)."""
+        with self._lock:
+            self.stats.status_counts[(path, status)] += 1
+            log = self.stats.requests
+            log.append((method, path, status))
+            if len(log) > REQUEST_LOG_LIMIT:
+                del log[: len(log) - REQUEST_LOG_LIMIT // 2]
+
+    def stats_snapshot(self) -> dict[str, Any]:
+        """A consistent JSON-friendly copy of the counters."""
+        with self._lock:
+            return self.stats.snapshot()
+
+    def record_webhook_delivery(self, eshop_id: int) -> None:
+        with self._lock:
+            self.stats.webhook_deliveries[eshop_id] += 1
+
+    # -- customer e-shop OAuthServer (settings-page admin login) -----------------
+
+    def issue_login_code(
+        self,
+        eshop_id: int,
+        *,
+        redirect_uri: str | None = None,
+        user_email: str | None = None,
+        user_name: str | None = None,
+    ) -> str:
+        """A code for the e-shop's own OAuthServer, as put into ``#OAUTH_CODE#``."""
+        code = urlsafe_token(64)
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            self._login_codes[code] = _LoginCode(
+                eshop_id=eshop_id,
+                expires_at=time.monotonic() + LOGIN_CODE_LIFETIME,
+                redirect_uri=redirect_uri,
+                user_email=user_email or shop.contact_email,
+                user_name=user_name or "Emulated Admin",
+            )
+        return code
+
+    def exchange_login_code(
+        self, eshop_id: int, code: str, redirect_uri: str
+    ) -> str | None:
+        """Swap a login code for a ``basic_eshop`` token at that e-shop's server."""
+        with self._lock:
+            entry = self._login_codes.pop(code, None)
+            if entry is None or entry.expires_at <= time.monotonic():
+                return None
+            # A code only works at the OAuthServer of the e-shop that issued it.
+            if entry.eshop_id != eshop_id:
+                return None
+            # UNCERTAIN: the redirect_uri rule for #OAUTH_CODE# codes; we check it only
+            # for codes that came from /authorize with an explicit redirect_uri.
+            if entry.redirect_uri is not None and entry.redirect_uri != redirect_uri:
+                return None
+            token = urlsafe_token(64)
+            self._login_tokens[token] = _LoginToken(
+                eshop_id,
+                time.monotonic() + LOGIN_TOKEN_LIFETIME,
+                entry.user_email,
+                entry.user_name,
+            )
+            return token
+
+    def basic_eshop(self, eshop_id: int, token: str | None) -> dict[str, Any] | None:
+        """The ``getBasicEshop`` identity behind a login token, or None."""
+        with self._lock:
+            entry = self._login_tokens.get(token or "")
+            if entry is None or entry.expires_at <= time.monotonic():
+                return None
+            if entry.eshop_id != eshop_id:
+                return None
+            shop = self._eshops[entry.eshop_id]
+            return {
+                "user": {"email": entry.user_email, "name": entry.user_name},
+                "project": {"id": shop.eshop_id, "url": shop.url, "name": shop.name},
+            }
+
+
+def _route_key(endpoint: str) -> str:
+    method, _, path = endpoint.strip().partition(" ")
+    return f"{method.upper()} {path.strip()}"
