@@ -79,7 +79,9 @@ class Eshop(models.Model):
     def __str__(self) -> str:
         return f"e-shop {self.eshop_id}" + (f" ({self.name})" if self.name else "")
 
-    def mark_inactive(self, *, status: str, reason: str, same_token: bool = False) -> None:
+    def mark_inactive(
+        self, *, status: str, reason: str, same_token: bool = False
+    ) -> None:
         """Move an active tenant to `status` because Shoptet said so; a no-op if already inactive.
 
         `same_token`: only if the OAuth token is still the one this object holds. A reinstall may
@@ -90,6 +92,7 @@ class Eshop(models.Model):
         if same_token:
             rows = rows.filter(oauth_token_received_at=self.oauth_token_received_at)
         updated = rows.update(
+            uninstalled_at=now if status == Eshop.Status.UNINSTALLED else None,
             status=status,
             status_reason=reason[:255],
             status_changed_at=now,

@@ -23,8 +23,8 @@ from shoptet_api.errors import (
     ShoptetInvalidResponse,
     ShoptetInvalidToken,
     ShoptetLocked,
+    ShoptetNotFound,
     ShoptetPartialSuccess,
-    ShoptetRateLimited,
     envelope_errors,
     error_from_response,
     request_id_of,
@@ -40,7 +40,9 @@ logger = logging.getLogger(__name__)
 
 # --- The per-tenant API client -------------------------------------------------------------------
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "PATCH", "DELETE"})
+# Safe to repeat after a 5xx or a dropped answer. Not POST, and not PATCH: some Shoptet PATCHes are
+# relative (a stock movement's `amountChange`), so repeating one could apply it twice.
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # Numeric ids, order codes and GUIDs in paths: collapsed so missing-rights records stay per endpoint.
 _PATH_ID = re.compile(r"/(?=[^/]*\d)[^/]+")
 
@@ -73,9 +75,18 @@ class Pages:
         self.pages_read = 0
 
     def __iter__(self) -> Iterator[Any]:
-        page = int(self.params.pop("page", 1))
+        params = dict(self.params)
+        page = int(params.pop("page", 1))
+        self.total_count, self.total_count_changed, self.pages_read = None, False, 0
         while True:
-            data = self.client.get(self.path, params={**self.params, "page": page})
+            try:
+                data = self.client.get(self.path, params={**params, "page": page})
+            except ShoptetNotFound as exc:
+                if page > 1 and exc.error_code == "page-not-found":
+                    # The list shrank under us: the pages we counted on are gone.
+                    self._changed(page, "fewer pages than announced")
+                    return
+                raise
             if not isinstance(data, dict) or not isinstance(
                 data.get("paginator"), dict
             ):
@@ -88,20 +99,22 @@ class Pages:
             if self.total_count is None:
                 self.total_count = total
             elif total != self.total_count:
-                logger.warning(
-                    "eshop_id=%s %s: totalCount changed from %s to %s mid-walk (page %s); items may be skipped or repeated",
-                    self.client.eshop.eshop_id,
-                    self.path,
-                    self.total_count,
-                    total,
-                    page,
-                )
-                self.total_count_changed = True
+                self._changed(page, f"totalCount {self.total_count} -> {total}")
                 self.total_count = total
             yield from self._items(data)
             if page >= int(paginator.get("pageCount") or 0):
                 return
             page += 1
+
+    def _changed(self, page: int, what: str) -> None:
+        logger.warning(
+            "eshop_id=%s %s: list changed mid-walk at page %s (%s); items may be skipped or repeated",
+            self.client.eshop.eshop_id,
+            self.path,
+            page,
+            what,
+        )
+        self.total_count_changed = True
 
     def _items(self, data: dict[str, Any]) -> list[Any]:
         if self.items_key is not None:
@@ -226,43 +239,32 @@ class ShoptetClient:
         while True:
             attempt += 1
             self._refuse_inactive_tenant()
-            token = get_api_access_token(self.eshop)
-            try:
-                response = self._send_once(
-                    method,
-                    path,
-                    token,
+            outcome = self._attempt(
+                method,
+                path,
+                label,
+                params=params,
+                json=json,
+                timeout=timeout,
+                deadline=deadline,
+            )
+            if not isinstance(outcome, ShoptetAPIError):
+                return outcome
+            error = outcome
+            if isinstance(error, ShoptetInvalidToken) and not renewed:
+                # Expired or revoked token: it was dropped; retry at once with a fresh one. A
+                # second 401 raises.
+                logger.info(
+                    "eshop_id=%s %s: %s; renewing token and retrying once",
+                    self.eshop.eshop_id,
                     label,
-                    params=params,
-                    json=json,
-                    timeout=timeout,
-                    deadline=deadline,
+                    error.error_code,
                 )
-            except ShoptetConnectionError as exc:
-                error: ShoptetAPIError = exc
-                if exc.request_sent and method not in IDEMPOTENT_METHODS:
-                    raise  # it may have been applied; repeating a POST could do it twice
-            else:
-                if 200 <= response.status_code < 300:
-                    return self._data(response, label)
-                error = error_from_response(response, endpoint=label)
-                if isinstance(error, ShoptetInvalidToken) and not renewed:
-                    # Expired or revoked token: replace it once and retry at once. A second 401 raises.
-                    logger.info(
-                        "eshop_id=%s %s: %s; renewing token and retrying once",
-                        self.eshop.eshop_id,
-                        label,
-                        error.error_code,
-                    )
-                    invalidate_api_token(self.eshop, token)
-                    renewed = True
-                    attempt -= 1
-                    continue
-                self._record(error, label)
-                if not error.retryable or (
-                    response.status_code >= 500 and method not in IDEMPOTENT_METHODS
-                ):
-                    raise error
+                renewed = True
+                attempt -= 1
+                continue
+            if not error.retryable:
+                raise error
             wait = retry_wait(error, attempt)
             if attempt >= attempts or time.monotonic() + wait > deadline:
                 logger.warning(
@@ -284,6 +286,55 @@ class ShoptetClient:
             time.sleep(wait)
 
     # --- internals ---
+
+    def _attempt(
+        self,
+        method: str,
+        path: str,
+        label: str,
+        *,
+        params: dict[str, Any] | None,
+        json: Any,
+        timeout: Timeout,
+        deadline: float,
+    ) -> Any:
+        """One try: the envelope's data, or the error to decide on (returned, not raised).
+
+        Errors that must not be retried for this method come back as non-retryable, so the
+        loop above has one rule: retry what is retryable.
+        """
+        try:
+            token = get_api_access_token(self.eshop)
+        except ShoptetAPIError as exc:
+            # Nothing reached the API yet, so even a POST may try again after a transient failure.
+            if not exc.retryable:
+                raise
+            return exc
+        try:
+            response = self._send_once(
+                method,
+                path,
+                token,
+                label,
+                params=params,
+                json=json,
+                timeout=timeout,
+                deadline=deadline,
+            )
+        except ShoptetConnectionError as exc:
+            if exc.request_sent and method not in IDEMPOTENT_METHODS:
+                raise  # it may have been applied; repeating a POST could do it twice
+            return exc
+        if 200 <= response.status_code < 300:
+            return self._data(response, label)
+        error = error_from_response(response, endpoint=label)
+        if isinstance(error, ShoptetInvalidToken):
+            invalidate_api_token(self.eshop, token)
+            return error
+        self._record(error, label)
+        if response.status_code >= 500 and method not in IDEMPOTENT_METHODS:
+            raise error  # a 5xx after a POST may still have applied it
+        return error
 
     def _refuse_inactive_tenant(self) -> None:
         status = self.eshop.status
@@ -395,7 +446,7 @@ class ShoptetClient:
 def retry_wait(error: ShoptetAPIError, attempt: int) -> float:
     """Seconds to wait before retry number `attempt`: Retry-After for 429, short for 423, else backoff."""
     jitter = random.uniform(0, 0.25)  # noqa: S311 (jitter, not security)
-    if isinstance(error, ShoptetRateLimited) and error.retry_after is not None:
+    if error.retry_after is not None:
         seconds = (error.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
         return min(max(seconds, 0.0), float(settings.SHOPTET_RETRY_AFTER_CAP)) + jitter
     if isinstance(error, ShoptetLocked):

@@ -10,6 +10,7 @@ import datetime as dt
 import email.utils
 import json
 import logging
+import re
 from typing import Any, ClassVar
 
 import requests
@@ -36,6 +37,7 @@ class ShoptetAPIError(Exception):
         body: Any = None,
         raw_body: str = "",
         endpoint: str | None = None,
+        retry_after: dt.datetime | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -46,6 +48,8 @@ class ShoptetAPIError(Exception):
         self.body = body
         self.raw_body = raw_body[:RAW_BODY_LIMIT]
         self.endpoint = endpoint
+        # When trying again makes sense (429 `Retry-After`, or the next free token slot).
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         parts = []
@@ -148,16 +152,6 @@ class ShoptetRateLimited(ShoptetAPIError):
 
     retryable = True
 
-    def __init__(
-        self,
-        message: str = "",
-        *,
-        retry_after: dt.datetime | None = None,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
-
 
 class ShoptetPartialSuccess(ShoptetAPIError):
     """A 2xx whose `errors` list is not empty: some records were skipped. `data` holds what succeeded."""
@@ -196,16 +190,22 @@ _API_STATUS_ERRORS: dict[int, type[ShoptetAPIError]] = {
 ADDON_NOT_APPROVED_MESSAGE = "addon installation is not approved"
 
 
+# Plain seconds: ASCII digits only, at most five (~28 h); anything longer is not a retry hint.
+_SECONDS = re.compile(r"[0-9]{1,5}")
+
+
 def parse_retry_after(value: str | None) -> dt.datetime | None:
     """Parse `Retry-After`: Shoptet sends an HTTP date; tolerate plain seconds too."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if _SECONDS.fullmatch(value):
         return dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=int(value))
     try:
         parsed = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, IndexError):
+        parsed = None
+    if parsed is None:
         logger.warning("unparseable Retry-After header ignored: %.60r", value)
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
@@ -222,7 +222,11 @@ def request_id_of(response: requests.Response, body: Any = None) -> str | None:
     """Shoptet's request id: `metadata.requestId`, else the `X-Request-ID` header."""
     if isinstance(body, dict):
         metadata = body.get("metadata")
-        if isinstance(metadata, dict) and isinstance(metadata.get("requestId"), str):
+        if (
+            isinstance(metadata, dict)
+            and isinstance(metadata.get("requestId"), str)
+            and metadata["requestId"]
+        ):
             return str(metadata["requestId"])
     return response.headers.get("X-Request-ID")
 

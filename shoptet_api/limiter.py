@@ -145,7 +145,8 @@ def _acquire(
             now,
             limit,
             lease,
-            now + lease_seconds,
+            # The lease also covers a bucket pause taken while holding it.
+            now + lease_seconds + MAX_BUCKET_PAUSE,
         )
         if int(acquired):
             if level and maximum and read_at:
@@ -155,6 +156,7 @@ def _acquire(
             raise ShoptetTimeoutError(
                 f"no free request slot ({limit} in flight) before the deadline",
                 endpoint="limiter",
+                request_sent=False,
             )
         time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter)
         delay = min(delay * 1.5, 0.1)
@@ -168,7 +170,9 @@ def _local_slot(eshop_id: int, *, deadline: float) -> Iterator[None]:
         )
     if not semaphore.acquire(timeout=max(0.0, deadline - time.monotonic())):
         raise ShoptetTimeoutError(
-            "no free request slot before the deadline", endpoint="limiter"
+            "no free request slot before the deadline",
+            endpoint="limiter",
+            request_sent=False,
         )
     try:
         yield

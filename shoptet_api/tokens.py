@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime as dt
 import hashlib
 import logging
 import random
@@ -37,6 +38,8 @@ from addon_project.redis_client import get_redis
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
+    ShoptetConnectionError,
+    ShoptetInvalidResponse,
     ShoptetMaxTokensReached,
     ShoptetOAuthError,
     ShoptetTimeoutError,
@@ -396,7 +399,14 @@ def _renew_holding_lock(
             _remember(eshop_id, stored)
             return stored
         raise
+    except (ShoptetConnectionError, ShoptetInvalidResponse) as exc:
+        # Shoptet may have minted a token we never received: keep the reservation (it expires
+        # with the token's lifetime), unless the connection was never made.
+        if isinstance(exc, ShoptetConnectionError) and not exc.request_sent:
+            r.zrem(issued_key(eshop_id), pending)
+        raise
     except BaseException:
+        # A refusal or server error minted nothing: free the slot.
         r.zrem(issued_key(eshop_id), pending)
         raise
     expires_at = started + minted.expires_in
@@ -449,6 +459,7 @@ def _at_cap(
         f"{token_cap()} API tokens are valid already; next slot in {retry_in:.0f} s",
         error_code="maximum_tokens_reached",
         endpoint="GET oauth/getAccessToken",
+        retry_after=dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=retry_in),
     )
 
 

@@ -46,17 +46,21 @@ def test_install_addon_is_idempotent_for_a_reinstall() -> None:
 def test_install_addon_keeps_the_token_that_arrived_later() -> None:
     later = timezone.now()
     earlier = later - dt.timedelta(seconds=1)
-    with mock.patch.object(
-        services, "exchange_code", autospec=True, return_value=grant("newest")
+    with (
+        mock.patch.object(
+            services, "exchange_code", autospec=True, return_value=grant("newest")
+        ),
+        mock.patch("oauth.services.timezone.now", return_value=later),
     ):
-        with mock.patch.object(services.timezone, "now", return_value=later):
-            services.install_addon(code="c1")
+        services.install_addon(code="c1")
     # A racing install whose answer arrived earlier commits afterwards: it must not win.
-    with mock.patch.object(
-        services, "exchange_code", autospec=True, return_value=grant("older")
+    with (
+        mock.patch.object(
+            services, "exchange_code", autospec=True, return_value=grant("older")
+        ),
+        mock.patch("oauth.services.timezone.now", return_value=earlier),
     ):
-        with mock.patch.object(services.timezone, "now", return_value=earlier):
-            services.install_addon(code="c2")
+        services.install_addon(code="c2")
 
     stored = Eshop.objects.get()
     assert stored.oauth_access_token == "newest"
