@@ -113,7 +113,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     )
     # One file per test process: parallel test runs on one machine must not share it.
     DATABASES["default"]["TEST"] = {
-        "NAME": str(Path(tempfile.gettempdir()) / f"shoptet-addon-test-{os.getpid()}.sqlite3")
+        "NAME": str(
+            Path(tempfile.gettempdir()) / f"shoptet-addon-test-{os.getpid()}.sqlite3"
+        )
     }
 else:
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
