@@ -53,3 +53,8 @@ ci: lint typecheck migrations-check test
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache test_db.sqlite3
+
+# `bench/` is also a directory: without .PHONY make would call the target up to date and skip it.
+.PHONY: bench
+bench: $(STAMP)
+	$(PY) bench/run_all.py $(BENCH_ARGS)
