@@ -47,7 +47,7 @@ typecheck: $(STAMP)
 	DEBUG=true $(VENV)/bin/mypy .
 
 migrations-check: $(STAMP)
-	$(PY) manage.py makemigrations --check --dry-run
+	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
 
 ci: lint typecheck migrations-check test
 
