@@ -8,7 +8,7 @@ alternatives return ciphertext on a wrong key. Here a value that no configured k
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from django.conf import settings
@@ -16,6 +16,11 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.expressions import Expression
+
+
+# The field's set/get types, as for Django's own fields (str, or str | None when null=True).
+_ST = TypeVar("_ST")
+_GT = TypeVar("_GT")
 
 
 class DecryptionError(Exception):
@@ -82,7 +87,7 @@ def reencrypt(ciphertext: str) -> str:
         ) from None
 
 
-class EncryptedTextField(models.TextField[str, str]):
+class EncryptedTextField(models.TextField[_ST, _GT]):
     """A text column stored as a Fernet token and read back as a `Secret`.
 
     Fernet output is randomised, so the column cannot be searched: lookups other than `isnull`

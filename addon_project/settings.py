@@ -246,6 +246,43 @@ SHOPTET_BUCKET_LEAK_PER_SECOND = env.float(
     "SHOPTET_BUCKET_LEAK_PER_SECOND", default=10.0
 )
 
+# Webhooks (shoptet_api/webhooks.py, shoptet_api/subscriptions.py).
+# Our public receiver URL as Shoptet must call it; empty = do not register webhooks.
+SHOPTET_WEBHOOK_URL = env.str("SHOPTET_WEBHOOK_URL", default="")
+# Events registered for every installation (addon:* lifecycle events are configured in the partner
+# admin instead and cannot be registered through the API).
+SHOPTET_WEBHOOK_EVENTS = env_list(
+    "SHOPTET_WEBHOOK_EVENTS", default=["eshop:projectDomain"]
+)
+SHOPTET_WEBHOOK_MAX_BODY = env.int("SHOPTET_WEBHOOK_MAX_BODY", default=65_536)
+# After renew-signature-key, deliveries signed with the previous key are accepted this long
+# (Shoptet retries failed deliveries twice, ~15 minutes apart).
+SHOPTET_WEBHOOK_KEY_ROTATION_WINDOW = env.float(
+    "SHOPTET_WEBHOOK_KEY_ROTATION_WINDOW", default=3600.0
+)
+# addon:* events may not be signed with the installation key (reference §4.3, UNCERTAIN):
+# "signed" requires a valid signature; "signed_or_network" (default) accepts an unsigned one only
+# from SHOPTET_WEBHOOK_ALLOWED_NETWORKS. Never "accept anything".
+SHOPTET_LIFECYCLE_WEBHOOK_POLICY = env.str(
+    "SHOPTET_LIFECYCLE_WEBHOOK_POLICY", default="signed_or_network"
+)
+if SHOPTET_LIFECYCLE_WEBHOOK_POLICY not in {"signed", "signed_or_network"}:
+    raise ImproperlyConfigured(
+        "SHOPTET_LIFECYCLE_WEBHOOK_POLICY must be 'signed' or 'signed_or_network'"
+    )
+SHOPTET_WEBHOOK_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(net, strict=False)
+    for net in env_list(
+        "SHOPTET_WEBHOOK_ALLOWED_NETWORKS", default=["185.184.254.0/24"]
+    )
+]
+# Failed handlers retry with backoff up to this many attempts, then wait in the dead-letter state.
+SHOPTET_WEBHOOK_MAX_ATTEMPTS = env.int("SHOPTET_WEBHOOK_MAX_ATTEMPTS", default=5)
+# Data of uninstalled e-shops is deleted this many days after the uninstall.
+SHOPTET_UNINSTALLED_RETENTION_DAYS = env.int(
+    "SHOPTET_UNINSTALLED_RETENTION_DAYS", default=30
+)
+
 # Optional allow-list of networks the install callback may come from (off when empty). Shoptet's
 # published ranges: 78.24.15.64/26, 93.185.110.117/28 (older page), 185.184.254.0/24 (webhooks).
 SHOPTET_INSTALL_ALLOWED_NETWORKS = [
@@ -282,6 +319,18 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "complete-pending-installs": {
         "task": "shoptet_api.complete_pending_installs",
         "schedule": 300.0,
+    },
+    "redeliver-webhooks": {
+        "task": "shoptet_api.redeliver_webhooks",
+        "schedule": 120.0,
+    },
+    "reconcile-webhooks": {
+        "task": "shoptet_api.reconcile_webhooks",
+        "schedule": 3600.0,
+    },
+    "purge-uninstalled": {
+        "task": "shoptet_api.purge_uninstalled",
+        "schedule": 86_400.0,
     },
 }
 

@@ -4,10 +4,12 @@ from django.contrib import admin
 from django.urls import include, path
 
 from addon_project import health
+from shoptet_api import webhooks
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("oauth/", include("oauth.urls")),
+    path("webhooks/shoptet/", webhooks.receive, name="shoptet-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
 ]

@@ -17,6 +17,19 @@ class EshopQuerySet(models.QuerySet["Eshop"]):
     def active(self) -> EshopQuerySet:
         return self.filter(status=Eshop.Status.ACTIVE)
 
+    def purge_uninstalled(self, *, before: datetime.datetime) -> int:
+        """Delete tenants uninstalled before `before`, with everything they own; how many."""
+        doomed = self.filter(status=Eshop.Status.UNINSTALLED, uninstalled_at__lt=before)
+        eshop_ids = list(doomed.values_list("eshop_id", flat=True))
+        doomed.delete()
+        if eshop_ids:
+            logger.warning(
+                "purged %s uninstalled e-shops: %s",
+                len(eshop_ids),
+                ", ".join(map(str, eshop_ids[:50])),
+            )
+        return len(eshop_ids)
+
     def pending_setup(self, *, before: datetime.datetime) -> EshopQuerySet:
         """Active e-shops (re)installed before `before` whose post-install setup has not completed since."""
         return (
@@ -47,8 +60,11 @@ class Eshop(models.Model):
     trial = models.BooleanField(
         null=True, help_text="`trial` from the install answer (meaning not documented)."
     )
-    # The long-lived OAuth access token (scope api), encrypted at rest. Never shown anywhere.
-    oauth_access_token = EncryptedTextField()
+    # The long-lived OAuth access token (scope api), encrypted at rest. Never shown anywhere;
+    # empty after an uninstall.
+    oauth_access_token: EncryptedTextField[str | None, str | None] = EncryptedTextField(
+        null=True, blank=True
+    )
     # When our exchange received the stored token: of two racing installs the later answer wins.
     oauth_token_received_at = models.DateTimeField(null=True, blank=True)
 
@@ -56,6 +72,21 @@ class Eshop(models.Model):
         max_length=255, blank=True, help_text="Why the status last changed."
     )
     status_changed_at = models.DateTimeField(null=True, blank=True)
+    # eventCreated of the newest lifecycle event applied: older deliveries are ignored.
+    lifecycle_event_at = models.DateTimeField(null=True, blank=True)
+
+    # Webhooks: the signature key from renew-signature-key (encrypted); the previous key stays
+    # valid for SHOPTET_WEBHOOK_KEY_ROTATION_WINDOW seconds after a renewal.
+    webhook_signature_key: EncryptedTextField[str | None, str | None] = (
+        EncryptedTextField(null=True, blank=True)
+    )
+    previous_signature_key: EncryptedTextField[str | None, str | None] = (
+        EncryptedTextField(null=True, blank=True)
+    )
+    signature_key_renewed_at = models.DateTimeField(null=True, blank=True)
+    # Registered webhooks as Shoptet last listed them: {"eshop:projectDomain": 12}.
+    webhooks = models.JSONField(default=dict, blank=True)
+
     # Endpoints Shoptet refused with 403 (not approved by the e-shop): {"GET /api/orders": iso time}.
     missing_rights = models.JSONField(default=dict, blank=True)
 
@@ -79,38 +110,129 @@ class Eshop(models.Model):
     def __str__(self) -> str:
         return f"e-shop {self.eshop_id}" + (f" ({self.name})" if self.name else "")
 
-    def mark_inactive(
-        self, *, status: str, reason: str, same_token: bool = False
-    ) -> None:
-        """Move an active tenant to `status` because Shoptet said so; a no-op if already inactive.
+    def transition(
+        self,
+        to: str,
+        *,
+        reason: str,
+        source: str,
+        occurred_at: datetime.datetime | None = None,
+        actor: str = "",
+        same_token: bool = False,
+    ) -> bool:
+        """Move the tenant to status `to` if the lifecycle allows it; True when it moved.
 
-        `same_token`: only if the OAuth token is still the one this object holds. A reinstall may
-        have stored a new token since; an answer about the old one says nothing about the tenant.
+        Every move is recorded in `EshopTransition`. `occurred_at` is the event's own time
+        (`eventCreated`): an event older than the last applied one, or older than the latest
+        install, is stale and changes nothing, so out-of-order delivery cannot undo newer state.
+        `same_token`: apply only if the OAuth token is still the one this object holds (an answer
+        about a token that a reinstall has since replaced says nothing about the tenant).
+        Uninstalling wipes the tenant's secrets; its other data stays until the retention purge.
         """
-        now = timezone.now()
-        rows = Eshop.objects.filter(pk=self.pk, status=Eshop.Status.ACTIVE)
-        if same_token:
-            rows = rows.filter(oauth_token_received_at=self.oauth_token_received_at)
-        updated = rows.update(
-            uninstalled_at=now if status == Eshop.Status.UNINSTALLED else None,
-            status=status,
-            status_reason=reason[:255],
-            status_changed_at=now,
-            updated_at=now,
+        with transaction.atomic():
+            locked = Eshop.objects.select_for_update().get(pk=self.pk)
+            stale = (
+                same_token
+                and locked.oauth_token_received_at != self.oauth_token_received_at
+            ) or (
+                occurred_at is not None
+                and (
+                    occurred_at < locked.last_installed_at
+                    or (
+                        locked.lifecycle_event_at is not None
+                        and occurred_at < locked.lifecycle_event_at
+                    )
+                )
+            )
+            if stale:
+                logger.info(
+                    "eshop_id=%s: stale %s -> %s ignored (%s)",
+                    self.eshop_id,
+                    locked.status,
+                    to,
+                    reason,
+                )
+                return False
+            if occurred_at is not None:
+                locked.lifecycle_event_at = occurred_at
+            if to != locked.status and to not in ALLOWED_TRANSITIONS[locked.status]:
+                logger.warning(
+                    "eshop_id=%s: %s -> %s not allowed (%s)",
+                    self.eshop_id,
+                    locked.status,
+                    to,
+                    reason,
+                )
+                locked.save(update_fields=["lifecycle_event_at", "updated_at"])
+                return False
+            moved = to != locked.status
+            now = timezone.now()
+            if moved:
+                EshopTransition.objects.create(
+                    eshop=locked,
+                    from_status=locked.status,
+                    to_status=to,
+                    reason=reason[:255],
+                    source=source,
+                    actor=actor[:150],
+                    occurred_at=occurred_at or now,
+                )
+                logger.warning(
+                    "eshop_id=%s: %s -> %s (%s)",
+                    self.eshop_id,
+                    locked.status,
+                    to,
+                    reason,
+                )
+                locked.status, locked.status_reason, locked.status_changed_at = (
+                    to,
+                    reason[:255],
+                    now,
+                )
+                if to == Eshop.Status.UNINSTALLED:
+                    locked.uninstalled_at = now
+                    locked.forget_secrets()
+            locked.save()
+        for field in (
+            "status",
+            "status_reason",
+            "status_changed_at",
+            "uninstalled_at",
+            "lifecycle_event_at",
+            "oauth_access_token",
+            "webhook_signature_key",
+            "previous_signature_key",
+        ):
+            setattr(self, field, getattr(locked, field))
+        return moved
+
+    def forget_secrets(self) -> None:
+        """Drop every credential (on uninstall): the OAuth token, webhook keys, API tokens in Redis."""
+        self.oauth_access_token = None
+        self.webhook_signature_key = None
+        self.previous_signature_key = None
+        self.webhooks = {}
+        eshop_id = self.eshop_id
+
+        def forget_api_tokens() -> None:
+            from shoptet_api.tokens import (
+                forget_tokens,
+            )  # the seam to Redis; imported late (cycle)
+
+            forget_tokens(eshop_id)
+
+        transaction.on_commit(forget_api_tokens, robust=True)
+
+    def record_install(self, *, created: bool, at: datetime.datetime) -> None:
+        """Audit an install or reinstall (a reinstall may revive any status)."""
+        EshopTransition.objects.create(
+            eshop=self,
+            from_status="" if created else self.status,
+            to_status=Eshop.Status.ACTIVE,
+            reason="installed" if created else "reinstalled",
+            source="install",
+            occurred_at=at,
         )
-        if updated:
-            logger.warning(
-                "eshop_id=%s: status %s -> %s (%s)",
-                self.eshop_id,
-                self.status,
-                status,
-                reason,
-            )
-            self.status, self.status_reason, self.status_changed_at = (
-                status,
-                reason[:255],
-                now,
-            )
 
     def record_missing_right(self, endpoint: str) -> None:
         """Remember that Shoptet refused `endpoint` (403): operators and the settings page show it."""
@@ -126,3 +248,47 @@ class Eshop(models.Model):
             }
             locked.save(update_fields=["missing_rights", "updated_at"])
         self.missing_rights = locked.missing_rights
+
+
+# Which status can follow which. Anything may become ACTIVE again through a reinstall
+# (Eshop.record_install); lifecycle events alone cannot revive a terminated or uninstalled shop.
+ALLOWED_TRANSITIONS: dict[str, set[str]] = {
+    Eshop.Status.ACTIVE: {
+        Eshop.Status.SUSPENDED,
+        Eshop.Status.TERMINATED,
+        Eshop.Status.UNINSTALLED,
+    },
+    Eshop.Status.SUSPENDED: {
+        Eshop.Status.ACTIVE,
+        Eshop.Status.TERMINATED,
+        Eshop.Status.UNINSTALLED,
+    },
+    Eshop.Status.TERMINATED: {Eshop.Status.UNINSTALLED},
+    Eshop.Status.UNINSTALLED: set(),
+}
+
+
+class EshopTransition(models.Model):
+    """The audit trail of a tenant's lifecycle: who or what moved it, when, and why."""
+
+    eshop = models.ForeignKey(
+        Eshop, on_delete=models.CASCADE, related_name="transitions"
+    )
+    from_status = models.CharField(max_length=16, blank=True)
+    to_status = models.CharField(max_length=16)
+    reason = models.CharField(max_length=255)
+    # install / webhook / shoptet (an OAuth or API answer) / operator
+    source = models.CharField(max_length=16)
+    actor = models.CharField(
+        max_length=150, blank=True, help_text="The operator, for manual changes."
+    )
+    occurred_at = models.DateTimeField(
+        help_text="When it happened (the event's own time when known)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.from_status or 'new'} -> {self.to_status} ({self.source})"

@@ -56,7 +56,9 @@ def install_addon(*, code: str) -> Eshop:
                 "last_installed_at": received_at,
             },
         )
-        if not created:
+        if created:
+            eshop.record_install(created=True, at=received_at)
+        else:
             stored_at = eshop.oauth_token_received_at
             if stored_at is None or stored_at <= received_at:
                 eshop.oauth_access_token = grant.access_token
@@ -68,6 +70,7 @@ def install_addon(*, code: str) -> Eshop:
                     "install: eshop_id=%s kept the newer token of a concurrent install",
                     eshop.eshop_id,
                 )
+            eshop.record_install(created=False, at=received_at)
             eshop.url = grant.eshop_url
             eshop.contact_email = grant.contact_email
             eshop.trial = grant.trial

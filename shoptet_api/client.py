@@ -438,8 +438,10 @@ class ShoptetClient:
             )
             self.eshop.record_missing_right(label)
         elif isinstance(error, AddonSuspended):
-            self.eshop.mark_inactive(
-                status=self.eshop.Status.SUSPENDED, reason=f"{label}: {error.message}"
+            self.eshop.transition(
+                self.eshop.Status.SUSPENDED,
+                reason=f"{label}: {error.message}",
+                source="shoptet",
             )
 
 

@@ -12,10 +12,11 @@ from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
 from eshops.models import Eshop
-from shoptet_api import tokens
+from shoptet_api import tokens, webhooks
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     AddonNotInstalled,
@@ -23,6 +24,8 @@ from shoptet_api.errors import (
     ShoptetAPIError,
     ShoptetRateLimited,
 )
+from shoptet_api.models import WebhookEvent
+from shoptet_api.provisioning import complete_install, sync_webhooks
 
 logger = logging.getLogger(__name__)
 
@@ -72,24 +75,10 @@ def _run(task: Task[Any, Any], eshop_id: int, call: Callable[[], T]) -> T | None
 
 @shared_task(bind=True, name="shoptet_api.post_install")
 def post_install(self: Task[Any, Any], eshop_id: int) -> None:
-    """After an install commits: the first API token and the e-shop's details from /api/eshop."""
+    """After an install commits: first API token, webhook key and registrations, /api/eshop details."""
     eshop = _active_eshop(eshop_id)
     if eshop is not None:
         _run(self, eshop_id, lambda: complete_install(eshop))
-
-
-def complete_install(eshop: Eshop) -> None:
-    """Fetch `/api/eshop` (which also mints the first API token) and record the shop's name."""
-    with ShoptetClient(eshop) as client:
-        data = client.get("/api/eshop")
-    contact = data.get("contactInformation") if isinstance(data, dict) else None
-    name = contact.get("eshopName") if isinstance(contact, dict) else None
-    Eshop.objects.filter(pk=eshop.pk).update(
-        name=str(name or "")[:255],
-        setup_completed_at=timezone.now(),
-        updated_at=timezone.now(),
-    )
-    logger.info("eshop_id=%s: post-install setup complete", eshop.eshop_id)
 
 
 @shared_task(name="shoptet_api.complete_pending_installs")
@@ -148,3 +137,67 @@ def renew_api_token(self: Task[Any, Any], eshop_id: int) -> None:
     eshop = _active_eshop(eshop_id)
     if eshop is not None:
         _run(self, eshop_id, lambda: tokens.renew_ahead(eshop))
+
+
+@shared_task(name="shoptet_api.process_webhook")
+def process_webhook(event_pk: int) -> None:
+    """Run the handler of one inbox row; a failure schedules its own retry with backoff."""
+    retry_in = webhooks.process_event(event_pk)
+    if retry_in is not None:
+        process_webhook.apply_async((event_pk,), countdown=retry_in)
+
+
+@shared_task(name="shoptet_api.redeliver_webhooks")
+def redeliver_webhooks() -> int:
+    """Re-enqueue inbox rows whose task was lost (broker down at receipt, worker crash)."""
+    now = timezone.now()
+    due = WebhookEvent.objects.filter(
+        models.Q(
+            status=WebhookEvent.Status.RECEIVED,
+            received_at__lt=now - dt.timedelta(minutes=2),
+        )
+        | models.Q(
+            status=WebhookEvent.Status.FAILED,
+            next_attempt_at__lt=now - dt.timedelta(minutes=2),
+        )
+    ).values_list("pk", flat=True)[:1000]
+    pks = list(due)
+    for pk in pks:
+        process_webhook.delay(pk)
+    if pks:
+        logger.info("re-enqueued %s webhook events", len(pks))
+    return len(pks)
+
+
+@shared_task(name="shoptet_api.reconcile_webhooks")
+def reconcile_webhooks() -> int:
+    """Beat entry point: check every active e-shop's registrations (one task each)."""
+    count = 0
+    for eshop_id in (
+        Eshop.objects.active().values_list("eshop_id", flat=True).iterator()
+    ):
+        sync_eshop_webhooks.apply_async((eshop_id,), countdown=random.uniform(0, 600))  # noqa: S311 (spread)
+        count += 1
+    return count
+
+
+@shared_task(bind=True, name="shoptet_api.sync_eshop_webhooks")
+def sync_eshop_webhooks(self: Task[Any, Any], eshop_id: int) -> None:
+    """Repair drift between the registered webhooks and the configured ones for one e-shop."""
+    eshop = _active_eshop(eshop_id)
+    if eshop is not None:
+        _run(self, eshop_id, lambda: _sync(eshop))
+
+
+def _sync(eshop: Eshop) -> None:
+    with ShoptetClient(eshop) as client:
+        sync_webhooks(eshop, client=client)
+
+
+@shared_task(name="shoptet_api.purge_uninstalled")
+def purge_uninstalled() -> int:
+    """Delete e-shops uninstalled longer than SHOPTET_UNINSTALLED_RETENTION_DAYS, with all their data."""
+    return Eshop.objects.purge_uninstalled(
+        before=timezone.now()
+        - dt.timedelta(days=settings.SHOPTET_UNINSTALLED_RETENTION_DAYS)
+    )

@@ -485,28 +485,33 @@ def _renew_local(eshop: Eshop) -> CachedToken:
 
 def _mint(eshop: Eshop) -> ApiAccessToken:
     """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status."""
+    if not eshop.oauth_access_token:
+        raise AddonNotInstalled(f"e-shop {eshop.eshop_id} has no OAuth token (uninstalled)")
     try:
         return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
     except AddonSuspended as exc:
-        eshop.mark_inactive(
-            status=eshop.Status.SUSPENDED,
+        eshop.transition(
+            eshop.Status.SUSPENDED,
             reason=f"getAccessToken: {exc.error_code}",
+            source="shoptet",
             same_token=True,
         )
         raise
     except AddonNotInstalled as exc:
-        eshop.mark_inactive(
-            status=eshop.Status.UNINSTALLED,
+        eshop.transition(
+            eshop.Status.UNINSTALLED,
             reason=f"getAccessToken: {exc.error_code}",
+            source="shoptet",
             same_token=True,
         )
         raise
     except ShoptetOAuthError as exc:
         if exc.status_code == 401:
             # The OAuth token itself is refused: only a reinstall issues a new one.
-            eshop.mark_inactive(
-                status=eshop.Status.UNINSTALLED,
+            eshop.transition(
+                eshop.Status.UNINSTALLED,
                 reason="getAccessToken: OAuth token rejected (401)",
+                source="shoptet",
                 same_token=True,
             )
         raise

@@ -773,6 +773,7 @@ def test_no_token_appears_in_logs(
     assert "GET /api/eshop -> 200" in caplog.text
     # ...and shows none of the secrets.
     for secret in (oauth_token, installed_eshop.oauth_access_token, *api_tokens):
+        assert secret
         assert secret not in caplog.text
 
 

@@ -304,6 +304,7 @@ def test_no_token_reaches_the_logs(
     text = caplog.text + "".join(repr(record.args) for record in caplog.records)
     assert "new API token" in text
     for secret in (token, renewed, eshop.oauth_access_token):
+        assert secret
         assert secret not in text
 
 
