@@ -17,7 +17,6 @@ from django.db import models
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models.expressions import Expression
 
-
 # The field's set/get types, as for Django's own fields (str, or str | None when null=True).
 _ST = TypeVar("_ST")
 _GT = TypeVar("_GT")

@@ -49,6 +49,7 @@ def child_env() -> dict[str, str]:
             "SHOPTET_OAUTH_URL": f"{EMULATOR}/action/ApiOAuthServer/",
             "SHOPTET_API_URL": EMULATOR,
             "SHOPTET_REDIRECT_URI": f"{WEB}/oauth/install/",
+            "SHOPTET_WEBHOOK_URL": f"{WEB}/webhooks/shoptet/",
             "PYTHONUNBUFFERED": "1",
         }
     )
@@ -128,6 +129,54 @@ def stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             os.killpg(process.pid, signal.SIGKILL)
 
 
+def deliver(eshop_id: int, event: str, instance: str) -> int:
+    """Ask the emulator to deliver one signed webhook; our receiver's HTTP status (0: none)."""
+    status, body = http(
+        "POST",
+        f"{EMULATOR}/_emulator/webhook",
+        # addon:* events are configured in the partner admin, not registered: name our URL.
+        {
+            "eshopId": eshop_id,
+            "event": event,
+            "eventInstance": instance,
+            "url": f"{WEB}/webhooks/shoptet/",
+        },
+    )
+    if status != 200:
+        print(
+            f"run: the emulator could not deliver {event}: HTTP {status} {body[:200]}",
+            flush=True,
+        )
+        return 0
+    return int(json.loads(body).get("status") or 0)
+
+
+def demo_webhooks(eshop_id: int, processes: dict[str, subprocess.Popen[bytes]]) -> None:
+    """Deliver webhooks the way Shoptet does once post-install setup has registered them."""
+    # The worker renews the signature key and registers webhooks right after the install;
+    # until then our receiver rightly refuses the delivery (401).
+    deadline = time.monotonic() + 30
+    while (
+        deliver(eshop_id, "eshop:projectDomain", f"shop-{eshop_id}.myshoptet.com")
+        != 200
+    ):
+        check_children(processes)
+        if time.monotonic() > deadline:
+            fail(
+                "the demo webhook was not accepted within 30 s (is the worker running?)"
+            )
+        time.sleep(0.5)
+    for event in ("addon:suspend", "addon:approve"):
+        # eventCreated has one-second resolution: keep the two lifecycle events apart.
+        time.sleep(1.1)
+        if deliver(eshop_id, event, str(eshop_id)) != 200:
+            fail(f"the demo {event} webhook was refused")
+    print(
+        f"run: webhooks delivered to e-shop {eshop_id}: eshop:projectDomain, addon:suspend, addon:approve",
+        flush=True,
+    )
+
+
 def main() -> None:
     os.chdir(ROOT)
     check_redis()
@@ -189,21 +238,23 @@ def main() -> None:
         wait_for(f"{EMULATOR}/_emulator/stats", processes)
         wait_for(f"{WEB}/healthz", processes)
 
-        status, body = http("POST", f"{EMULATOR}/_emulator/install", {})
-        if status != 200:
+        # Shoptet's side of an install: the emulator issues a code and calls our install URL.
+        status, body = http("POST", f"{EMULATOR}/_emulator/install", {"callback": True})
+        issued = json.loads(body) if status == 200 else {}
+        if issued.get("callbackStatus") != 200:
             fail(
-                f"the emulator did not issue an install code: HTTP {status} {body[:200]}"
+                f"the demo install failed: emulator HTTP {status}, our callback answered {issued.get('callbackStatus')}"
             )
-        issued = json.loads(body)
-        status, body = http("GET", f"{WEB}/oauth/install/?code={issued['code']}")
-        if status != 200:
-            fail(f"the demo install failed: HTTP {status}")
+        eshop_id = issued["eshopId"]
+        demo_webhooks(eshop_id, processes)
         print(
             "\n"
             "================================================================\n"
-            f"  Platform is up. Demo e-shop {issued['eshopId']} installed through the emulator.\n"
+            f"  Platform is up. Demo e-shop {eshop_id} installed through the emulator;\n"
+            "  a signed eshop:projectDomain webhook and addon:suspend / addon:approve arrived.\n"
             f"  Admin:     {WEB}/admin/   (login: {OPERATOR} / {password})\n"
-            f"  Tenants:   {WEB}/admin/eshops/eshop/\n"
+            f"  Tenants:   {WEB}/admin/eshops/eshop/  (open the e-shop: its lifecycle transitions)\n"
+            f"  Webhooks:  {WEB}/admin/shoptet_api/webhookevent/\n"
             f"  Readiness: {WEB}/readyz\n"
             f"  Emulator:  {EMULATOR}/_emulator/stats\n"
             "  Ctrl-C stops everything.\n"

@@ -486,7 +486,9 @@ def _renew_local(eshop: Eshop) -> CachedToken:
 def _mint(eshop: Eshop) -> ApiAccessToken:
     """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status."""
     if not eshop.oauth_access_token:
-        raise AddonNotInstalled(f"e-shop {eshop.eshop_id} has no OAuth token (uninstalled)")
+        raise AddonNotInstalled(
+            f"e-shop {eshop.eshop_id} has no OAuth token (uninstalled)"
+        )
     try:
         return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
     except AddonSuspended as exc:

@@ -1,0 +1,65 @@
+"""Operators' webhook inbox: what arrived, what happened to it, and replay for dead letters."""
+
+from __future__ import annotations
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from shoptet_api import webhooks
+from shoptet_api.models import WebhookEvent
+
+
+@admin.register(WebhookEvent)
+class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
+    list_display = [
+        "received_at",
+        "eshop",
+        "event",
+        "event_instance_short",
+        "event_created",
+        "status",
+        "attempts",
+        "result",
+    ]
+    list_filter = ["status", "event", "verified_by"]
+    search_fields = ["=eshop__eshop_id", "event", "event_instance"]
+    list_select_related = ["eshop"]
+    date_hierarchy = "received_at"
+    actions = ["replay_selected"]
+    readonly_fields = [field.name for field in WebhookEvent._meta.fields]
+
+    @admin.display(description="event instance")
+    def event_instance_short(self, obj: WebhookEvent) -> str:
+        return obj.event_instance[:60]
+
+    @admin.action(description="Replay selected dead or failed events")
+    def replay_selected(
+        self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
+    ) -> None:
+        count = webhooks.replay(queryset)
+        self.message_user(
+            request,
+            f"{count} event(s) queued again.",
+            messages.SUCCESS if count else messages.WARNING,
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookEvent]:
+        # The eshop column's __str__ must not decrypt the tenant's secrets for every row.
+        return (
+            super()
+            .get_queryset(request)
+            .defer(
+                "eshop__oauth_access_token",
+                "eshop__webhook_signature_key",
+                "eshop__previous_signature_key",
+            )
+        )
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: WebhookEvent | None = None
+    ) -> bool:
+        return False
