@@ -292,3 +292,62 @@ class EshopTransition(models.Model):
 
     def __str__(self) -> str:
         return f"{self.from_status or 'new'} -> {self.to_status} ({self.source})"
+
+
+class EshopSettings(models.Model):
+    """The addon's settings for one e-shop, edited by the merchant on the settings page."""
+
+    eshop = models.OneToOneField(
+        Eshop, on_delete=models.CASCADE, related_name="addon_settings"
+    )
+    sync_orders = models.BooleanField(
+        default=True, help_text="Copy new orders in the background."
+    )
+    sync_interval_minutes = models.PositiveSmallIntegerField(default=60)
+    notification_email = models.EmailField(blank=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name = "addon settings"
+        verbose_name_plural = "addon settings"
+
+    def __str__(self) -> str:
+        return f"settings of e-shop {self.eshop_id}"
+
+
+class SettingsChange(models.Model):
+    """One saved change of an e-shop's addon settings: who (the Shoptet admin user) changed what."""
+
+    eshop = models.ForeignKey(
+        Eshop, on_delete=models.CASCADE, related_name="settings_changes"
+    )
+    changed_by = models.CharField(
+        max_length=255, help_text="The Shoptet admin user, from getBasicEshop."
+    )
+    changes = models.JSONField(help_text='{"field": [old, new]}')
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{', '.join(self.changes)} by {self.changed_by}"
+
+
+class OperatorAction(models.Model):
+    """An operator's action from the admin (renew token, re-register webhooks, suspend, purge …).
+
+    Keyed by the plain eshopId rather than a foreign key: the record of a purge outlives the tenant.
+    """
+
+    eshop_id = models.PositiveBigIntegerField(db_index=True)
+    operator = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    detail = models.CharField(max_length=500, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.action} on e-shop {self.eshop_id} by {self.operator}"

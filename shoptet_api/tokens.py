@@ -27,7 +27,7 @@ import random
 import threading
 import time
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from django.conf import settings
@@ -75,6 +75,11 @@ def issued_key(eshop_id: int) -> str:
 
 def renew_lock_key(eshop_id: int) -> str:
     return f"{_prefix()}:{{eshop:{eshop_id}}}:renew-lock"
+
+
+def health_key(eshop_id: int) -> str:
+    """Hash: last renewal time and consecutive renewal failures (operators' token health)."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:health"
 
 
 def activity_key() -> str:
@@ -249,7 +254,7 @@ def invalidate_api_token(eshop: Eshop, token: str) -> None:
 def forget_tokens(eshop_id: int) -> None:
     """Remove every stored token of an e-shop (reinstall: a new OAuth token starts a fresh cap count)."""
     _forget(eshop_id)
-    get_redis().delete(token_key(eshop_id), issued_key(eshop_id))
+    get_redis().delete(token_key(eshop_id), issued_key(eshop_id), health_key(eshop_id))
 
 
 def recently_active_eshop_ids(*, since: float) -> list[int]:
@@ -388,26 +393,25 @@ def _renew_holding_lock(
     started = time.time()
     try:
         minted = _mint(eshop)
-    except ShoptetMaxTokensReached:
+    except BaseException as exc:
+        _note_failure(r, eshop_id, exc)
+        if isinstance(exc, ShoptetConnectionError | ShoptetInvalidResponse) and not (
+            isinstance(exc, ShoptetConnectionError) and not exc.request_sent
+        ):
+            # Shoptet may have minted a token we never received: keep the reservation (it
+            # expires with the token's lifetime).
+            raise
+        # A refusal, server error or a connection never made minted nothing: free the slot.
         r.zrem(issued_key(eshop_id), pending)
-        # Shoptet counts tokens we do not know of (a flushed Redis, another deployment): reuse ours.
-        logger.warning(
-            "eshop_id=%s: Shoptet answered maximum_tokens_reached; reusing the current token",
-            eshop_id,
-        )
-        if stored and stored.valid(time.time()):
-            _remember(eshop_id, stored)
-            return stored
-        raise
-    except (ShoptetConnectionError, ShoptetInvalidResponse) as exc:
-        # Shoptet may have minted a token we never received: keep the reservation (it expires
-        # with the token's lifetime), unless the connection was never made.
-        if isinstance(exc, ShoptetConnectionError) and not exc.request_sent:
-            r.zrem(issued_key(eshop_id), pending)
-        raise
-    except BaseException:
-        # A refusal or server error minted nothing: free the slot.
-        r.zrem(issued_key(eshop_id), pending)
+        if isinstance(exc, ShoptetMaxTokensReached):
+            # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
+            logger.warning(
+                "eshop_id=%s: Shoptet answered maximum_tokens_reached; reusing the current token",
+                eshop_id,
+            )
+            if stored and stored.valid(time.time()):
+                _remember(eshop_id, stored)
+                return stored
         raise
     expires_at = started + minted.expires_in
     cached = CachedToken(
@@ -429,6 +433,7 @@ def _renew_holding_lock(
         },
     )
     pipe.pexpireat(token_key(eshop_id), int(expires_at * 1000))
+    pipe.hset(health_key(eshop_id), mapping={"renewed_at": time.time(), "failures": 0})
     pipe.execute()
     _remember(eshop_id, cached)
     logger.info(
@@ -438,6 +443,50 @@ def _renew_holding_lock(
         minted.expires_in,
     )
     return cached
+
+
+def _note_failure(r: redis.Redis, eshop_id: int, exc: BaseException) -> None:
+    with contextlib.suppress(redis.RedisError):
+        pipe = r.pipeline(transaction=False)
+        pipe.hincrby(health_key(eshop_id), "failures", 1)
+        # The exception's str() never holds a token (errors.py); keep it short anyway.
+        pipe.hset(
+            health_key(eshop_id),
+            mapping={
+                "last_error": f"{type(exc).__name__}: {exc}"[:300],
+                "last_error_at": time.time(),
+            },
+        )
+        pipe.execute()
+
+
+def token_health(eshop_id: int) -> dict[str, Any]:
+    """What operators see: seconds until the shared token expires, valid tokens counted against
+    the cap, the last renewal and consecutive renewal failures. Values are None when unknown."""
+    r = get_redis()
+    now = time.time()
+    pipe = r.pipeline(transaction=False)
+    pipe.hget(token_key(eshop_id), "exp")
+    pipe.zcount(issued_key(eshop_id), now, "+inf")
+    pipe.hgetall(health_key(eshop_id))
+    exp, valid, health = pipe.execute()
+    fields = {
+        (k.decode() if isinstance(k, bytes) else k): (
+            v.decode() if isinstance(v, bytes) else v
+        )
+        for k, v in health.items()
+    }
+    return {
+        "expires_in": round(float(exp) - now) if exp else None,
+        "valid_tokens": int(valid),
+        "cap": token_cap(),
+        "renewed_at": float(fields["renewed_at"]) if fields.get("renewed_at") else None,
+        "failures": int(fields.get("failures") or 0),
+        "last_error": fields.get("last_error") or None,
+        "last_error_at": float(fields["last_error_at"])
+        if fields.get("last_error_at")
+        else None,
+    }
 
 
 def _at_cap(
