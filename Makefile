@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run web worker beat emulator test lint format typecheck migrations-check ci clean
+.PHONY: install run web worker beat emulator test lint format typecheck migrations-check messages ci clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -48,6 +48,13 @@ typecheck: $(STAMP)
 
 migrations-check: $(STAMP)
 	DEBUG=true $(PY) manage.py makemigrations --check --dry-run
+
+# Refresh the translation catalogs from the code, then compile them (the .mo files are committed,
+# so a fresh machine needs no gettext). Fill new msgstr lines in locale/*/LC_MESSAGES/django.po.
+messages: $(STAMP)
+	DEBUG=true $(PY) manage.py makemessages -l cs -l sk -l hu --no-location \
+		--ignore=.venv --ignore='bench/*' --ignore='tests/*' --ignore='scripts/*'
+	DEBUG=true $(PY) manage.py compilemessages --ignore=.venv
 
 ci: lint typecheck migrations-check test
 

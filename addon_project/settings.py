@@ -133,6 +133,14 @@ AUTH_PASSWORD_VALIDATORS = [
 ]
 
 LANGUAGE_CODE = "en"
+# The settings pages speak the Shoptet admin's language (#LANGUAGE#).
+LANGUAGES = [
+    ("cs", "Čeština"),
+    ("sk", "Slovenčina"),
+    ("hu", "Magyar"),
+    ("en", "English"),
+]
+LOCALE_PATHS = [BASE_DIR / "locale"]
 TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
@@ -281,6 +289,18 @@ SHOPTET_WEBHOOK_MAX_ATTEMPTS = env.int("SHOPTET_WEBHOOK_MAX_ATTEMPTS", default=5
 # Data of uninstalled e-shops is deleted this many days after the uninstall.
 SHOPTET_UNINSTALLED_RETENTION_DAYS = env.int(
     "SHOPTET_UNINSTALLED_RETENTION_DAYS", default=30
+)
+
+# Settings pages inside the Shoptet admin (eshops/views.py).
+# The signed, cookie-less session lasts this many seconds.
+SHOPTET_SETTINGS_SESSION_MAX_AGE = env.int(
+    "SHOPTET_SETTINGS_SESSION_MAX_AGE", default=1800
+)
+# redirect_uri sent with the #OAUTH_CODE# exchange; empty = this site's /settings/ URL.
+SHOPTET_SETTINGS_REDIRECT_URI = env.str("SHOPTET_SETTINGS_REDIRECT_URI", default="")
+# Origins allowed to frame the settings pages (CSP frame-ancestors), besides each e-shop's own origin.
+SHOPTET_ADMIN_FRAME_ANCESTORS = env_list(
+    "SHOPTET_ADMIN_FRAME_ANCESTORS", default=["https://*.myshoptet.com"]
 )
 
 # Optional allow-list of networks the install callback may come from (off when empty). Shoptet's

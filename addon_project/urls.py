@@ -9,6 +9,7 @@ from shoptet_api import webhooks
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("oauth/", include("oauth.urls")),
+    path("settings/", include("eshops.urls")),
     path("webhooks/shoptet/", webhooks.receive, name="shoptet-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),

@@ -1,18 +1,133 @@
-"""Operators' view of tenants. No secret is ever rendered: not as a field, not in a list."""
+"""Operators' view of tenants: health at a glance and a few audited actions.
+
+No secret is ever rendered: not as a field, not in a list, not in a message. Everything about a
+tenant is read-only here; it changes only through installs, webhooks and the actions below, each
+of which writes an `OperatorAction` row with the operator's username.
+"""
 
 from __future__ import annotations
 
-from django.contrib import admin
-from django.db.models import QuerySet
-from django.http import HttpRequest
+import datetime as dt
+from typing import Any
 
-from eshops.models import Eshop, EshopTransition
+import redis
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.http import HttpRequest
+from django.template.response import TemplateResponse
+from django.utils import timezone
+from kombu.exceptions import OperationalError as BrokerError
+
+from eshops.models import Eshop, EshopTransition, OperatorAction
+from shoptet_api import tokens
+from shoptet_api.errors import ShoptetAPIError
+from shoptet_api.tasks import sync_eshop_webhooks
 
 SECRET_FIELDS = [
     "oauth_access_token",
     "webhook_signature_key",
     "previous_signature_key",
 ]
+
+# "Renew now" calls Shoptet while the operator waits: keep a click bounded.
+RENEW_NOW_LIMIT = 20
+# renew_if_expiring renews a token expiring within this many seconds: every token does.
+FORCE_RENEWAL = 10**9
+
+UNKNOWN = "unknown"
+_HEALTH = "_operator_token_health"  # per-row cache of tokens.token_health (None: Redis down)
+
+
+def read_token_health(eshop_id: int) -> dict[str, Any] | None:
+    """`tokens.token_health`, or None when the token store cannot be reached."""
+    try:
+        return tokens.token_health(eshop_id)
+    except redis.RedisError:
+        return None
+
+
+def _token_health(eshop: Eshop) -> dict[str, Any] | None:
+    cache = vars(eshop)
+    if _HEALTH not in cache:
+        cache[_HEALTH] = read_token_health(eshop.eshop_id)
+    health: dict[str, Any] | None = cache[_HEALTH]
+    return health
+
+
+def _prefetch_token_health(eshops: Any) -> None:
+    """One Redis pipeline per listed row; once Redis fails, the other rows show "unknown" at once."""
+    reachable = True
+    for eshop in eshops:
+        health = read_token_health(eshop.eshop_id) if reachable else None
+        reachable = health is not None
+        vars(eshop)[_HEALTH] = health
+
+
+def _epoch(value: float | None) -> dt.datetime | None:
+    return None if value is None else dt.datetime.fromtimestamp(value, tz=dt.UTC)
+
+
+def _format_expires_in(seconds: int | None) -> str:
+    if seconds is None:
+        return "no token"
+    if seconds <= 0:
+        return "expired"
+    return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+
+
+def _operator(request: HttpRequest) -> str:
+    return request.user.get_username()
+
+
+def _record(request: HttpRequest, eshop_id: int, action: str, detail: str) -> None:
+    OperatorAction.objects.create(
+        eshop_id=eshop_id,
+        operator=_operator(request),
+        action=action,
+        detail=detail[:500],
+    )
+
+
+class MissingRightsFilter(admin.SimpleListFilter):
+    title = "missing rights"
+    parameter_name = "missing_rights"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        return [("yes", "Some endpoints refused"), ("no", "None refused")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.exclude(missing_rights={})
+        if self.value() == "no":
+            return queryset.filter(missing_rights={})
+        return queryset
+
+
+class SetupCompletedFilter(admin.SimpleListFilter):
+    title = "setup completed"
+    parameter_name = "setup_completed"
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        return [("yes", "Yes, for the latest install"), ("no", "No")]
+
+    def queryset(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> QuerySet[Any]:
+        # The same rule as EshopQuerySet.pending_setup, without its status and age conditions.
+        completed = Q(setup_completed_at__gte=F("last_installed_at"))
+        if self.value() == "yes":
+            return queryset.filter(completed)
+        if self.value() == "no":
+            return queryset.exclude(completed)
+        return queryset
 
 
 class EshopTransitionInline(admin.TabularInline[EshopTransition, Eshop]):
@@ -52,12 +167,21 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         "name",
         "url",
         "status",
-        "contact_email",
+        "trial",
         "installed_at",
-        "last_installed_at",
-        "install_count",
+        "uninstalled_at",
+        "setup_completed",
+        "token_expires_in",
+        "token_renewed_at",
+        "token_failures",
+        "missing_rights_summary",
     ]
-    list_filter = ["status", "trial"]
+    list_filter = [
+        "status",
+        "trial",
+        MissingRightsFilter,
+        SetupCompletedFilter,
+    ]
     search_fields = ["=eshop_id", "name", "url", "contact_email"]
     # `exclude` keeps the encrypted fields out of forms, change views and history diffs.
     exclude = SECRET_FIELDS
@@ -75,6 +199,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         "webhooks",
         "has_oauth_token",
         "has_signature_key",
+        "token_health_summary",
         "signature_key_renewed_at",
         "oauth_token_received_at",
         "installed_at",
@@ -87,10 +212,25 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         "updated_at",
     ]
     inlines = [EshopTransitionInline]
+    actions = [
+        "renew_api_token_now",
+        "reregister_webhooks",
+        "suspend_processing",
+        "resume_processing",
+        "purge_uninstalled_tenants",
+    ]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Eshop]:
         # Lists never need the secrets: skip decrypting them for every row.
         return super().get_queryset(request).defer(*SECRET_FIELDS)
+
+    def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
+        changelist = super().get_changelist_instance(request)
+        if request.method == "GET":  # a POST runs an action and redirects: no list to show
+            _prefetch_token_health(changelist.result_list)
+        return changelist
+
+    # --- Columns -----------------------------------------------------------------------------
 
     @admin.display(boolean=True, description="OAuth token stored")
     def has_oauth_token(self, obj: Eshop) -> bool:
@@ -100,6 +240,267 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     def has_signature_key(self, obj: Eshop) -> bool:
         return bool(obj.webhook_signature_key)
 
+    @admin.display(boolean=True, description="setup done")
+    def setup_completed(self, obj: Eshop) -> bool:
+        return (
+            obj.setup_completed_at is not None
+            and obj.setup_completed_at >= obj.last_installed_at
+        )
+
+    @admin.display(description="token expires in")
+    def token_expires_in(self, obj: Eshop) -> str:
+        health = _token_health(obj)
+        return UNKNOWN if health is None else _format_expires_in(health["expires_in"])
+
+    @admin.display(description="last renewal")
+    def token_renewed_at(self, obj: Eshop) -> dt.datetime | str | None:
+        health = _token_health(obj)
+        return UNKNOWN if health is None else _epoch(health["renewed_at"])
+
+    @admin.display(description="renewal failures")
+    def token_failures(self, obj: Eshop) -> int | str:
+        health = _token_health(obj)
+        return UNKNOWN if health is None else int(health["failures"])
+
+    @admin.display(description="missing rights")
+    def missing_rights_summary(self, obj: Eshop) -> str:
+        endpoints = sorted(obj.missing_rights)
+        if not endpoints:
+            return "-"
+        shown = ", ".join(endpoints[:3]) + (", …" if len(endpoints) > 3 else "")
+        return f"{len(endpoints)}: {shown}"
+
+    @admin.display(description="API token health")
+    def token_health_summary(self, obj: Eshop) -> str:
+        health = read_token_health(obj.eshop_id)
+        if health is None:
+            return f"{UNKNOWN} (token store unreachable)"
+        renewed_at, error_at = _epoch(health["renewed_at"]), _epoch(health["last_error_at"])
+        lines = [
+            f"expires in: {_format_expires_in(health['expires_in'])}",
+            f"valid tokens: {health['valid_tokens']} of {health['cap']}",
+            f"last renewal: {renewed_at.isoformat() if renewed_at else 'never'}",
+            f"consecutive renewal failures: {health['failures']}",
+        ]
+        if health["last_error"]:
+            # Exception texts from the Shoptet seam never carry a token (shoptet_api/errors.py).
+            lines.append(
+                f"last error: {health['last_error']}"
+                + (f" at {error_at.isoformat()}" if error_at else "")
+            )
+        return "\n".join(lines)
+
+    # --- Permissions -------------------------------------------------------------------------
+
     def has_add_permission(self, request: HttpRequest) -> bool:
         # Tenants come from Shoptet's install callback only.
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: Eshop | None = None
+    ) -> bool:
+        # No plain delete (it would remove a live tenant); uninstalled ones are purged by an action.
+        return False
+
+    def has_purge_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("eshops.delete_eshop")
+
+    # --- Actions -----------------------------------------------------------------------------
+
+    @admin.action(
+        description=f"Renew API token now (at most {RENEW_NOW_LIMIT}; uses a token slot each)",
+        permissions=["change"],
+    )
+    def renew_api_token_now(
+        self, request: HttpRequest, queryset: QuerySet[Eshop]
+    ) -> None:
+        if queryset.count() > RENEW_NOW_LIMIT:
+            self.message_user(
+                request,
+                f"Select at most {RENEW_NOW_LIMIT} e-shops: each renewal calls Shoptet while you wait.",
+                messages.ERROR,
+            )
+            return
+        # Loaded with their OAuth tokens: minting needs them.
+        for eshop in Eshop.objects.filter(pk__in=queryset.values("pk")):
+            level, detail = self._force_renewal(eshop)
+            _record(request, eshop.eshop_id, "renew_api_token", detail)
+            self.message_user(request, f"{eshop}: {detail}", level)
+
+    def _force_renewal(self, eshop: Eshop) -> tuple[int, str]:
+        if eshop.status != Eshop.Status.ACTIVE:
+            return messages.WARNING, f"skipped: e-shop is {eshop.status}"
+        before = read_token_health(eshop.eshop_id)
+        try:
+            tokens.renew_if_expiring(eshop, within=FORCE_RENEWAL)
+        except ShoptetAPIError as exc:
+            # str() of a Shoptet error never contains a token (shoptet_api/errors.py).
+            return messages.ERROR, f"failed: {exc}"
+        except redis.RedisError as exc:
+            return messages.ERROR, f"failed: token store unreachable ({type(exc).__name__})"
+        after = read_token_health(eshop.eshop_id)
+        if before and after and after["renewed_at"] == before["renewed_at"]:
+            # renew_if_expiring keeps the current token rather than mint past the cap.
+            return (
+                messages.WARNING,
+                f"no new token: {after['valid_tokens']} of {after['cap']} valid tokens, "
+                "the current one stays in use",
+            )
+        return messages.SUCCESS, "new API token issued"
+
+    @admin.action(description="Re-register webhooks", permissions=["change"])
+    def reregister_webhooks(
+        self, request: HttpRequest, queryset: QuerySet[Eshop]
+    ) -> None:
+        queued, other = [], []
+        for eshop in queryset.only("pk", "eshop_id", "name", "status"):
+            if eshop.status != Eshop.Status.ACTIVE:
+                detail = f"skipped: e-shop is {eshop.status}"
+            else:
+                try:
+                    sync_eshop_webhooks.delay(eshop.eshop_id)
+                except BrokerError as exc:
+                    detail = f"not queued: broker unreachable ({type(exc).__name__})"
+                else:
+                    detail = "queued"
+            _record(request, eshop.eshop_id, "reregister_webhooks", detail)
+            (queued if detail == "queued" else other).append(f"{eshop}: {detail}")
+        if queued:
+            self.message_user(
+                request,
+                f"Webhook registration queued for {len(queued)} e-shop(s).",
+                messages.SUCCESS,
+            )
+        for line in other:
+            self.message_user(request, line, messages.WARNING)
+
+    @admin.action(description="Suspend processing", permissions=["change"])
+    def suspend_processing(
+        self, request: HttpRequest, queryset: QuerySet[Eshop]
+    ) -> None:
+        self._move(request, queryset, to=Eshop.Status.SUSPENDED, action="suspend")
+
+    @admin.action(description="Resume processing", permissions=["change"])
+    def resume_processing(
+        self, request: HttpRequest, queryset: QuerySet[Eshop]
+    ) -> None:
+        self._move(request, queryset, to=Eshop.Status.ACTIVE, action="resume")
+
+    def _move(
+        self, request: HttpRequest, queryset: QuerySet[Eshop], *, to: str, action: str
+    ) -> None:
+        for eshop in queryset:
+            before = eshop.status
+            suspended_by = (
+                eshop.transitions.filter(to_status=Eshop.Status.SUSPENDED)
+                .values_list("source", flat=True)
+                .first()
+                if to == Eshop.Status.ACTIVE and before == Eshop.Status.SUSPENDED
+                else None
+            )
+            if eshop.transition(
+                to, reason="operator", source="operator", actor=_operator(request)
+            ):
+                detail, level = f"{before} -> {to}", messages.SUCCESS
+                if suspended_by not in (None, "operator"):
+                    # Shoptet itself may still have the addon suspended: the next API call
+                    # answers addon_suspended and moves the tenant back (tokens._mint).
+                    detail += f" (it was suspended by {suspended_by})"
+                    level = messages.WARNING
+            else:
+                eshop.refresh_from_db(fields=["status"])
+                detail = f"no change: e-shop is {eshop.status}"
+                level = messages.WARNING
+            _record(request, eshop.eshop_id, action, detail)
+            self.message_user(request, f"{eshop}: {detail}", level)
+
+    @admin.action(
+        description="Purge uninstalled tenants (delete now, with all their data)",
+        permissions=["purge"],
+    )
+    def purge_uninstalled_tenants(
+        self, request: HttpRequest, queryset: QuerySet[Eshop]
+    ) -> TemplateResponse | None:
+        refused = list(queryset.exclude(status=Eshop.Status.UNINSTALLED))
+        if refused:
+            self.message_user(
+                request,
+                "Only uninstalled e-shops can be purged; nothing was deleted. Not uninstalled: "
+                + ", ".join(f"{eshop} ({eshop.status})" for eshop in refused[:20]),
+                messages.ERROR,
+            )
+            return None
+        if request.POST.get("post") == "yes":
+            purged = self._purge(request, list(queryset.values_list("pk", flat=True)))
+            self.message_user(
+                request,
+                f"Purged {len(purged)} uninstalled e-shop(s) with all their data: "
+                + ", ".join(map(str, purged[:50])),
+                messages.SUCCESS if purged else messages.WARNING,
+            )
+            return None
+        return TemplateResponse(
+            request,
+            "admin/eshops/eshop/purge_confirmation.html",
+            {
+                **self.admin_site.each_context(request),
+                "title": "Purge uninstalled e-shops?",
+                "opts": self.opts,
+                "eshops": list(queryset),
+                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_name": "purge_uninstalled_tenants",
+            },
+        )
+
+    def _purge(self, request: HttpRequest, pks: list[int]) -> list[int]:
+        """Delete the uninstalled tenants among `pks` now; their eshopIds. Audited before deleting."""
+        with transaction.atomic():
+            # Locked: a reinstall racing the purge either wins (the row is no longer
+            # uninstalled and stays) or waits and installs afresh.
+            doomed = list(
+                Eshop.objects.select_for_update()
+                .filter(
+                    pk__in=pks,
+                    status=Eshop.Status.UNINSTALLED,
+                    uninstalled_at__isnull=False,
+                )
+                .values_list("pk", "eshop_id", "uninstalled_at")
+            )
+            OperatorAction.objects.bulk_create(
+                OperatorAction(
+                    eshop_id=eshop_id,
+                    operator=_operator(request),
+                    action="purge",
+                    detail=f"purged, uninstalled {uninstalled_at:%Y-%m-%d %H:%M} UTC",
+                )
+                for _, eshop_id, uninstalled_at in doomed
+            )
+            # purge_uninstalled without the retention cutoff: every doomed row is older than this.
+            Eshop.objects.filter(pk__in=[pk for pk, _, _ in doomed]).purge_uninstalled(
+                before=timezone.now() + dt.timedelta(days=1)
+            )
+        return [eshop_id for _, eshop_id, _ in doomed]
+
+
+@admin.register(OperatorAction)
+class OperatorActionAdmin(admin.ModelAdmin[OperatorAction]):
+    """The audit log of operator actions: read-only, kept after a tenant is purged."""
+
+    list_display = ["created_at", "eshop_id", "operator", "action", "detail"]
+    list_filter = ["action", "operator", "created_at"]
+    search_fields = ["=eshop_id", "operator", "detail"]
+    date_hierarchy = "created_at"
+    readonly_fields = ["created_at", "eshop_id", "operator", "action", "detail"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: OperatorAction | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: OperatorAction | None = None
+    ) -> bool:
         return False

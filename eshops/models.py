@@ -84,6 +84,8 @@ class Eshop(models.Model):
         EncryptedTextField(null=True, blank=True)
     )
     signature_key_renewed_at = models.DateTimeField(null=True, blank=True)
+    # The e-shop's own OAuthServer base (from /api/eshop urls[ident=oauth]) for settings-page login.
+    admin_oauth_url = models.URLField(max_length=500, blank=True)
     # Registered webhooks as Shoptet last listed them: {"eshop:projectDomain": 12}.
     webhooks = models.JSONField(default=dict, blank=True)
 

@@ -15,7 +15,7 @@ from shoptet_api.errors import (
     request_id_of,
 )
 from shoptet_api.transport import send
-from shoptet_api.types import ApiAccessToken, OAuthGrant, ResponseShapeError
+from shoptet_api.types import ApiAccessToken, BasicEshop, OAuthGrant, ResponseShapeError
 
 logger = logging.getLogger(__name__)
 
@@ -107,3 +107,68 @@ def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
             status_code=200,
             endpoint=endpoint,
         ) from None
+
+
+# --- Settings-page admin login, on the *customer* e-shop's OAuthServer --------------------------
+# The base URL comes from /api/eshop urls[ident=oauth] of the installation the settings URL names,
+# never from the request (STYLE.md §4).
+
+
+# Reference: https://developers.shoptet.com/api/documentation/eshop-verification-using-oauth/
+@sensitive_variables("payload")
+def exchange_admin_code(*, oauth_url: str, code: str, redirect_uri: str) -> str:
+    """Exchange a settings-page `#OAUTH_CODE#` for a short-lived `basic_eshop` token."""
+    endpoint = "POST admin-oauth/token"
+    payload = {
+        "client_id": settings.SHOPTET_CLIENT_ID,
+        "client_secret": settings.SHOPTET_CLIENT_SECRET,
+        "code": code,
+        "grant_type": "authorization_code",
+        "redirect_uri": redirect_uri,
+        "scope": "basic_eshop",
+    }
+    response = send(
+        "POST",
+        f"{oauth_url}token",
+        json=payload,
+        timeout=_admin_timeout(),
+        endpoint=endpoint,
+    )
+    body = _parse(response, endpoint=endpoint)
+    token = body.get("access_token") if isinstance(body, dict) else None
+    if not isinstance(token, str) or not token or len(token) > 4096:
+        raise ShoptetInvalidResponse(
+            "unexpected token response: no access_token",
+            status_code=200,
+            endpoint=endpoint,
+        )
+    return token
+
+
+# Reference: https://developers.shoptet.com/api/documentation/eshop-verification-using-oauth/
+@sensitive_variables("token")
+def get_basic_eshop(*, oauth_url: str, token: str) -> BasicEshop:
+    """Who is logged in: `resource?method=getBasicEshop` with the `basic_eshop` token."""
+    endpoint = "GET admin-oauth/getBasicEshop"
+    response = send(
+        "GET",
+        f"{oauth_url}resource",
+        params={"method": "getBasicEshop"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=_admin_timeout(),
+        endpoint=endpoint,
+    )
+    body = _parse(response, endpoint=endpoint)
+    try:
+        return BasicEshop.from_json(body)
+    except ResponseShapeError as exc:
+        raise ShoptetInvalidResponse(
+            f"unexpected getBasicEshop response: {exc}",
+            status_code=200,
+            endpoint=endpoint,
+        ) from None
+
+
+def _admin_timeout() -> tuple[float, float]:
+    # A person waits in the Shoptet admin: short, no retries.
+    return (settings.SHOPTET_CONNECT_TIMEOUT, min(settings.SHOPTET_READ_TIMEOUT, 10.0))

@@ -147,4 +147,28 @@ def refresh_eshop_details(eshop: Eshop, *, client: ShoptetClient | None = None) 
         eshop.name = name[:255]
     if isinstance(url, str) and url.startswith(("https://", "http://")):
         eshop.url = url[:500]
-    eshop.save(update_fields=["name", "url", "updated_at"])
+    oauth_url = admin_oauth_url_of(data)
+    if oauth_url:
+        eshop.admin_oauth_url = oauth_url
+    eshop.save(update_fields=["name", "url", "admin_oauth_url", "updated_at"])
+
+
+def admin_oauth_url_of(eshop_info: Any) -> str:
+    """`urls[ident=oauth]` of /api/eshop: the e-shop's OAuthServer base, if it looks like one."""
+    urls = eshop_info.get("urls") if isinstance(eshop_info, dict) else None
+    for item in urls if isinstance(urls, list) else []:
+        if (
+            isinstance(item, dict)
+            and item.get("ident") == "oauth"
+            and isinstance(item.get("url"), str)
+        ):
+            url: str = item["url"]
+            allowed = (
+                ("https://", "http://")
+                if settings.SHOPTET_ALLOW_HTTP
+                else ("https://",)
+            )
+            if url.startswith(allowed) and len(url) <= 500:
+                return url if url.endswith("/") else url + "/"
+            logger.warning("ignoring an oauth URL that is not https: %.80s", url)
+    return ""

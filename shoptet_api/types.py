@@ -93,3 +93,34 @@ class ApiAccessToken:
                 "'expires_in' is missing or not a positive integer"
             )
         return cls(access_token=_token(payload, "access_token"), expires_in=expires_in)
+
+
+@dataclasses.dataclass(frozen=True)
+class BasicEshop:
+    """`getBasicEshop`: which e-shop and which admin user are behind a settings-page login."""
+
+    project_id: int
+    user_email: str
+    user_name: str
+
+    @classmethod
+    def from_json(cls, payload: Any) -> BasicEshop:
+        data = payload.get("data") if isinstance(payload, dict) else None
+        if not isinstance(data, dict):
+            raise ResponseShapeError("the body has no 'data' object")
+        project, user = data.get("project"), data.get("user")
+        if not isinstance(project, dict):
+            raise ResponseShapeError("'data.project' is missing")
+        project_id = project.get("id")
+        # An int in the documented examples; a numeric string is accepted, nothing else.
+        if isinstance(project_id, str) and project_id.isdigit():
+            project_id = int(project_id)
+        if isinstance(project_id, bool) or not isinstance(project_id, int):
+            raise ResponseShapeError("'data.project.id' is not an integer")
+        user = user if isinstance(user, dict) else {}
+        email, name = user.get("email"), user.get("name")
+        return cls(
+            project_id=project_id,
+            user_email=email[:254] if isinstance(email, str) else "",
+            user_name=name[:255] if isinstance(name, str) else "",
+        )

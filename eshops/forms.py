@@ -1,0 +1,25 @@
+"""The merchant's settings form, validated before anything is saved."""
+
+from __future__ import annotations
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from eshops.models import EshopSettings
+
+
+class EshopSettingsForm(forms.ModelForm[EshopSettings]):
+    class Meta:
+        model = EshopSettings
+        fields = ["sync_orders", "sync_interval_minutes", "notification_email"]
+        labels = {
+            "sync_orders": _("Synchronise orders"),
+            "sync_interval_minutes": _("Synchronisation interval (minutes)"),
+            "notification_email": _("Notification e-mail"),
+        }
+
+    def clean_sync_interval_minutes(self) -> int:
+        value = int(self.cleaned_data["sync_interval_minutes"])
+        if not 5 <= value <= 1440:
+            raise forms.ValidationError(_("Choose between 5 and 1440 minutes."))
+        return value

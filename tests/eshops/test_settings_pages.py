@@ -1,0 +1,373 @@
+"""Settings pages inside the Shoptet admin: basic_eshop login, cookie-less signed session, tenant
+isolation, languages, iframe headers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+from unittest import mock
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from django.core import signing
+from django.test import Client
+
+from eshops.decorators import SALT
+from eshops.models import Eshop, EshopSettings, SettingsChange
+from oauth.services import install_addon
+from shoptet_api import provisioning
+from shoptet_api.emulator import ShoptetEmulator
+from shoptet_api.types import BasicEshop
+
+pytestmark = pytest.mark.django_db
+
+ENTRY = "/settings/"
+PAGE = "/settings/page/"
+
+
+@pytest.fixture
+def install(shoptet_settings: ShoptetEmulator) -> Callable[[], Eshop]:
+    def installed() -> Eshop:
+        shop = shoptet_settings.add_eshop()
+        eshop = install_addon(code=shoptet_settings.issue_install_code(shop.eshop_id))
+        provisioning.refresh_eshop_details(eshop)  # what post-install setup stores
+        return eshop
+
+    return installed
+
+
+def login(
+    client: Client, emulator: ShoptetEmulator, eshop: Eshop, *, lang: str = "en"
+) -> str:
+    """The settings URL as Shoptet opens it; returns the signed session from the redirect."""
+    code = emulator.issue_login_code(eshop.eshop_id)
+    response = client.get(
+        ENTRY, {"eshopId": str(eshop.eshop_id), "lang": lang, "code": code}
+    )
+    assert response.status_code == 302, response.content
+    assert "Set-Cookie" not in response.headers
+    location = urlsplit(response["Location"])
+    assert location.path == PAGE
+    assert "code" not in parse_qs(
+        location.query
+    )  # the one-time code leaves the address bar
+    return parse_qs(location.query)["s"][0]
+
+
+def no_cookies(response: Any) -> bool:
+    return "Set-Cookie" not in response.headers and not response.cookies
+
+
+def test_login_through_the_eshop_oauth_server_opens_the_page(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+
+    response = client.get(PAGE, {"s": session})
+
+    assert response.status_code == 200
+    assert b"Addon settings" in response.content
+    assert b"Signed in as Emulated Admin." in response.content
+    assert no_cookies(response)
+    assert "X-Frame-Options" not in response.headers
+    csp = response["Content-Security-Policy"]
+    assert csp.startswith("frame-ancestors ")
+    assert "https://*.myshoptet.com" in csp
+    origin = "{0.scheme}://{0.netloc}".format(urlsplit(eshop.url))
+    assert origin in csp
+    assert response["Referrer-Policy"] == "no-referrer"
+
+
+def test_saving_settings_records_who_changed_what(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+
+    response = client.post(
+        PAGE,
+        {
+            "s": session,
+            "sync_orders": "",
+            "sync_interval_minutes": "15",
+            "notification_email": "ops@shop.example",
+        },
+    )
+
+    assert response.status_code == 302
+    assert no_cookies(response)
+    saved = EshopSettings.objects.get(eshop=eshop)
+    assert (
+        saved.sync_orders,
+        saved.sync_interval_minutes,
+        saved.notification_email,
+    ) == (False, 15, "ops@shop.example")
+    change = SettingsChange.objects.get(eshop=eshop)
+    assert change.changed_by == shoptet_settings.get_eshop(eshop.eshop_id).contact_email
+    assert change.changes == {
+        "sync_orders": [True, False],
+        "sync_interval_minutes": [60, 15],
+        "notification_email": ["", "ops@shop.example"],
+    }
+    page = client.get(response["Location"])
+    assert b"Settings saved." in page.content
+
+
+def test_invalid_settings_are_refused_and_nothing_changes(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+
+    response = client.post(
+        PAGE,
+        {
+            "s": session,
+            "sync_orders": "on",
+            "sync_interval_minutes": "1",
+            "notification_email": "not-an-email",
+        },
+    )
+
+    assert response.status_code == 200
+    assert b"Choose between 5 and 1440 minutes." in response.content
+    assert EshopSettings.objects.get(eshop=eshop).sync_interval_minutes == 60
+    assert not SettingsChange.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("lang", "expected"),
+    [
+        ("cs", "Nastavení doplňku"),
+        ("sk", "Nastavenia doplnku"),
+        ("hu", "A kiegészítő beállításai"),
+        ("en", "Addon settings"),
+        ("de", "Addon settings"),
+    ],
+)
+def test_page_speaks_the_admin_language(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    lang: str,
+    expected: str,
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop, lang=lang)
+
+    response = client.get(PAGE, {"s": session})
+
+    assert expected in response.content.decode()
+
+
+def test_login_accepts_only_the_eshop_named_by_getbasiceshop(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    other = BasicEshop(
+        project_id=eshop.eshop_id + 1, user_email="intruder@example.com", user_name="X"
+    )
+
+    with mock.patch(
+        "eshops.views.oauth.get_basic_eshop", autospec=True, return_value=other
+    ):
+        response = client.get(
+            ENTRY,
+            {
+                "eshopId": str(eshop.eshop_id),
+                "lang": "cs",
+                "code": shoptet_settings.issue_login_code(eshop.eshop_id),
+            },
+        )
+
+    assert response.status_code == 403
+    assert "Toto přihlášení patří jinému e-shopu." in response.content.decode()
+
+
+def test_code_from_another_eshop_is_refused(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    mine, theirs = install(), install()
+
+    response = client.get(
+        ENTRY,
+        {
+            "eshopId": str(mine.eshop_id),
+            "lang": "en",
+            "code": shoptet_settings.issue_login_code(theirs.eshop_id),
+        },
+    )
+
+    assert response.status_code == 403
+    assert b"could not verify your Shoptet login" in response.content
+
+
+def test_login_ignores_any_host_in_the_query(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    code = shoptet_settings.issue_login_code(eshop.eshop_id)
+
+    response = client.get(
+        ENTRY,
+        {
+            "eshopId": str(eshop.eshop_id),
+            "lang": "en",
+            "code": code,
+            "oauthUrl": "http://127.0.0.2:9/",
+            "eshopUrl": "http://127.0.0.2:9/",
+        },
+    )
+
+    assert response.status_code == 302
+    token_calls = [
+        path
+        for _, path, _ in shoptet_settings.stats.requests
+        if path.endswith("/action/OAuthServer/token")
+    ]
+    assert token_calls == [f"/shop/{eshop.eshop_id}/action/OAuthServer/token"]
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        {},
+        {"eshopId": "abc", "code": "x"},
+        {"eshopId": "1"},
+        {"eshopId": "1", "code": "x" * 10_000},
+    ],
+    ids=["nothing", "non-numeric-id", "no-code", "10kB-code"],
+)
+def test_bad_entry_links_get_a_clear_error(
+    client: Client, shoptet_settings: ShoptetEmulator, query: dict[str, str]
+) -> None:
+    response = client.get(ENTRY, query)
+
+    assert response.status_code == 400
+    assert b"incomplete" in response.content
+    assert shoptet_settings.stats.requests == []
+
+
+def test_unknown_or_suspended_eshop_gets_no_page(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    Eshop.objects.filter(pk=eshop.pk).update(status=Eshop.Status.SUSPENDED)
+
+    suspended = client.get(ENTRY, {"eshopId": str(eshop.eshop_id), "code": "x"})
+    unknown = client.get(ENTRY, {"eshopId": "4242", "code": "x"})
+
+    assert suspended.status_code == unknown.status_code == 403
+    assert b"not installed or not active" in suspended.content
+
+
+def test_session_for_one_eshop_never_reaches_another(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    a, b = install(), install()
+    EshopSettings.objects.create(eshop=b, notification_email="b@shop.example")
+    session_a = login(client, shoptet_settings, a)
+
+    # Naming shop B in the form changes nothing: the session decides the tenant.
+    client.post(
+        PAGE,
+        {
+            "s": session_a,
+            "eshop": str(b.pk),
+            "eshop_id": str(b.eshop_id),
+            "sync_interval_minutes": "30",
+            "notification_email": "evil@x.example",
+        },
+    )
+    # A session forged for B (signed with a different key) is refused.
+    forged = signing.dumps(
+        [b.eshop_id, "x@x", "x", "en"],
+        salt=SALT,
+        key="not-our-secret-key",
+        compress=True,
+    )
+    refused = client.get(PAGE, {"s": forged})
+    # Tampering with A's own token is refused too.
+    tampered = client.get(
+        PAGE, {"s": session_a[:-2] + ("AA" if not session_a.endswith("AA") else "BB")}
+    )
+
+    assert EshopSettings.objects.get(eshop=b).notification_email == "b@shop.example"
+    assert EshopSettings.objects.get(eshop=a).notification_email == "evil@x.example"
+    assert refused.status_code == tampered.status_code == 403
+    page_a = client.get(PAGE, {"s": session_a}).content
+    assert b"b@shop.example" not in page_a
+
+
+def test_expired_session_is_refused(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    settings: Any,
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+    settings.SHOPTET_SETTINGS_SESSION_MAX_AGE = -1
+
+    response = client.get(PAGE, {"s": session})
+
+    assert response.status_code == 403
+    assert b"session has expired" in response.content
+
+
+def test_post_from_a_foreign_origin_is_refused(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+
+    response = client.post(
+        PAGE,
+        {"s": session, "sync_interval_minutes": "30", "notification_email": ""},
+        HTTP_ORIGIN="https://evil.example",
+    )
+
+    assert response.status_code == 403
+    assert not SettingsChange.objects.exists()
+
+
+def test_post_without_a_session_is_refused(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+
+    response = client.post(PAGE, {"sync_interval_minutes": "30"})
+
+    assert response.status_code == 403
+    assert not EshopSettings.objects.filter(eshop=eshop).exists()
+
+
+def test_status_panel_lists_the_endpoints_shoptet_refused(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    eshop.record_missing_right("GET /api/orders")
+    session = login(client, shoptet_settings, eshop)
+
+    response = client.get(PAGE, {"s": session})
+
+    assert b"<code>GET /api/orders</code>" in response.content
+    assert b"Access the addon still needs" in response.content
+
+
+def test_every_message_is_translated() -> None:
+    from pathlib import Path
+
+    for language in ("cs", "sk", "hu"):
+        catalog = (
+            Path(__file__).resolve().parents[2]
+            / "locale"
+            / language
+            / "LC_MESSAGES"
+            / "django.po"
+        )
+        text = catalog.read_text()
+        assert 'msgstr ""\n\n' not in text.split("\n\n", 1)[1], (
+            f"{language} has an untranslated message"
+        )
