@@ -6,6 +6,7 @@ import functools
 
 import redis
 from django.conf import settings
+from redis.commands.core import Script
 
 
 @functools.cache
@@ -18,3 +19,9 @@ def get_redis() -> redis.Redis:
         socket_timeout=2.0,
         health_check_interval=30,
     )
+
+
+@functools.cache
+def lua(source: str) -> Script:
+    """A Lua script sent by hash (EVALSHA) after its first use; pass `client=` when calling it."""
+    return get_redis().register_script(source)

@@ -4,9 +4,11 @@ from django.contrib import admin
 from django.urls import include, path
 
 from addon_project import health
+from eshops import dashboard
 from shoptet_api import webhooks
 
 urlpatterns = [
+    path("admin/dashboard/", dashboard.dashboard, name="operator-dashboard"),
     path("admin/", admin.site.urls),
     path("oauth/", include("oauth.urls")),
     path("settings/", include("eshops.urls")),

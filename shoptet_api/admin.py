@@ -1,11 +1,16 @@
-"""Operators' webhook inbox: what arrived, what happened to it, and replay for dead letters."""
+"""Operators' webhook inbox: what arrived, what happened to it, and replay for dead letters
+(recorded per e-shop in the operator audit log)."""
 
 from __future__ import annotations
 
+from collections import Counter, defaultdict
+
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db import transaction
+from django.db.models import Count, QuerySet
 from django.http import HttpRequest
 
+from eshops.models import OperatorAction
 from shoptet_api import webhooks
 from shoptet_api.models import WebhookEvent
 
@@ -37,7 +42,33 @@ class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
     def replay_selected(
         self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
     ) -> None:
-        count = webhooks.replay(queryset)
+        with transaction.atomic():
+            # The rows webhooks.replay() puts back (dead or failed), per e-shop, for the audit log.
+            per_eshop: defaultdict[int, Counter[str]] = defaultdict(Counter)
+            for eshop_id, event, count in (
+                queryset.filter(
+                    status__in=[WebhookEvent.Status.DEAD, WebhookEvent.Status.FAILED]
+                )
+                .order_by()
+                .values_list("eshop__eshop_id", "event")
+                .annotate(n=Count("pk"))
+            ):
+                per_eshop[eshop_id][event] += count
+            count = webhooks.replay(queryset)
+            OperatorAction.objects.bulk_create(
+                OperatorAction(
+                    eshop_id=eshop_id,
+                    operator=request.user.get_username(),
+                    action="replay_webhooks",
+                    detail=(
+                        f"{events.total()} event(s) queued again: "
+                        + ", ".join(
+                            f"{event} x{n}" for event, n in sorted(events.items())
+                        )
+                    )[:500],
+                )
+                for eshop_id, events in sorted(per_eshop.items())
+            )
         self.message_user(
             request,
             f"{count} event(s) queued again.",

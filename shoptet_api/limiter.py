@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import redis
 from django.conf import settings
 
-from addon_project.redis_client import get_redis
+from addon_project.redis_client import get_redis, lua
 from shoptet_api.errors import ShoptetTimeoutError
 
 logger = logging.getLogger(__name__)
@@ -137,16 +137,11 @@ def _acquire(
     delay = 0.01
     while True:
         now = time.time()
-        acquired, level, maximum, read_at = r.eval(
-            _ACQUIRE,
-            2,
-            leases_key(eshop_id),
-            bucket_key(eshop_id),
-            now,
-            limit,
-            lease,
+        acquired, level, maximum, read_at = lua(_ACQUIRE)(
+            keys=[leases_key(eshop_id), bucket_key(eshop_id)],
             # The lease also covers a bucket pause taken while holding it.
-            now + lease_seconds + MAX_BUCKET_PAUSE,
+            args=[now, limit, lease, now + lease_seconds + MAX_BUCKET_PAUSE],
+            client=r,
         )
         if int(acquired):
             if level and maximum and read_at:

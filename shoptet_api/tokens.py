@@ -34,7 +34,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from addon_project.encryption import Secret, decrypt, encrypt
-from addon_project.redis_client import get_redis
+from addon_project.redis_client import get_redis, lua
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -222,13 +222,16 @@ def get_api_access_token(eshop: Eshop) -> Secret:
 
 
 def renew_if_expiring(eshop: Eshop, *, within: float) -> bool:
-    """Renew the shared token if it expires within `within` seconds; the proactive path. True if renewed."""
+    """Renew the shared token if it expires within `within` seconds (proactive renewal, or an
+    operator's "renew now" with a huge `within`). True if a token minted after this call began is
+    now stored; concurrent calls still mint only one."""
     r = get_redis()
+    started = time.time()
     stored = _read_stored(r, eshop.eshop_id)
-    if stored and stored.expires_at - time.time() > within:
+    if stored and stored.expires_at - started > within:
         return False
-    _renew_shared(r, eshop, force_below=within)
-    return True
+    renewed = _renew_shared(r, eshop, need=Need(left=within, since=started))
+    return renewed.expires_at - renewed.lifetime >= started
 
 
 def invalidate_api_token(eshop: Eshop, token: str) -> None:
@@ -240,8 +243,10 @@ def invalidate_api_token(eshop: Eshop, token: str) -> None:
             del _memory[eshop.eshop_id]
     try:
         r = get_redis()
-        r.eval(
-            _INVALIDATE, 2, token_key(eshop.eshop_id), issued_key(eshop.eshop_id), fp
+        lua(_INVALIDATE)(
+            keys=[token_key(eshop.eshop_id), issued_key(eshop.eshop_id)],
+            args=[fp],
+            client=r,
         )
     except redis.RedisError as exc:
         logger.warning(
@@ -318,9 +323,25 @@ def _note_activity(eshop_id: int, now: float) -> None:
         get_redis().zadd(activity_key(), {str(eshop_id): now})
 
 
-def _renew_shared(
-    r: redis.Redis, eshop: Eshop, *, force_below: float | None = None
-) -> CachedToken:
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """What a renewal must deliver. Default: a usable token (the request path). With `left`: a
+    token with more than `left` seconds to live, or one minted after `since` (another process
+    renewed it meanwhile, which satisfies a proactive or forced renewal just as well)."""
+
+    left: float | None = None
+    since: float = 0.0
+
+    def met_by(self, stored: CachedToken, now: float) -> bool:
+        if self.left is None:
+            return stored.usable(now)
+        return (
+            stored.expires_at - now > self.left
+            or stored.expires_at - stored.lifetime >= self.since
+        )
+
+
+def _renew_shared(r: redis.Redis, eshop: Eshop, *, need: Need = Need()) -> CachedToken:
     """Single-flight renewal through Redis. Exactly one process per e-shop calls Shoptet."""
     eshop_id = eshop.eshop_id
     owner = uuid.uuid4().hex
@@ -330,18 +351,17 @@ def _renew_shared(
     while True:
         if r.set(renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
             try:
-                return _renew_holding_lock(r, eshop, force_below=force_below)
+                return _renew_holding_lock(r, eshop, need=need)
             finally:
-                r.eval(_RELEASE_LOCK, 1, renew_lock_key(eshop_id), owner)
+                lua(_RELEASE_LOCK)(
+                    keys=[renew_lock_key(eshop_id)], args=[owner], client=r
+                )
         # Another process is minting: wait and re-read, never mint alongside it.
         time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
         delay = min(delay * 1.5, 0.1)
         stored = _read_stored(r, eshop_id)
         now = time.time()
-        if stored and (
-            stored.usable(now)
-            or (force_below is not None and stored.expires_at - now > force_below)
-        ):
+        if stored is not None and need.met_by(stored, now):
             _remember(eshop_id, stored)
             return stored
         if time.monotonic() > deadline:
@@ -355,18 +375,12 @@ def _renew_shared(
 
 
 @sensitive_variables("minted")
-def _renew_holding_lock(
-    r: redis.Redis, eshop: Eshop, *, force_below: float | None
-) -> CachedToken:
+def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedToken:
     eshop_id = eshop.eshop_id
     # Someone may have renewed between our read and our lock (the "already renewed" double-check).
     stored = _read_stored(r, eshop_id)
     now = time.time()
-    if stored and (
-        stored.usable(now)
-        if force_below is None
-        else stored.expires_at - now > force_below
-    ):
+    if stored is not None and need.met_by(stored, now):
         _remember(eshop_id, stored)
         return stored
 
@@ -377,14 +391,10 @@ def _renew_holding_lock(
     )
     pending = f"pending:{uuid.uuid4().hex}"
     slot = int(
-        r.eval(
-            _RESERVE_SLOT,
-            1,
-            issued_key(eshop_id),
-            now,
-            token_cap(),
-            pending,
-            now + last_lifetime,
+        lua(_RESERVE_SLOT)(
+            keys=[issued_key(eshop_id)],
+            args=[now, token_cap(), pending, now + last_lifetime],
+            client=r,
         )
     )
     if slot < 0:

@@ -220,7 +220,8 @@ def test_maximum_tokens_reached_reuses_the_current_token(
         path_prefix="/action/ApiOAuthServer/getAccessToken",
     )
 
-    assert tokens.renew_if_expiring(eshop, within=10_000) is True
+    # Refused: nothing new was minted, and the current token is kept.
+    assert tokens.renew_if_expiring(eshop, within=10_000) is False
     assert tokens.get_api_access_token(eshop) == current
     assert minted(shoptet_settings, eshop) == 1
 
@@ -391,3 +392,19 @@ def test_redis_stopped_mid_run_keeps_serving_within_the_cap_and_recovers(
     # Back on the shared store: the token lives in Redis again.
     assert get_redis().exists(tokens.token_key(eshop.eshop_id))
     assert shoptet_settings.stats.max_valid_tokens_seen[eshop.eshop_id] <= 3
+
+
+def test_concurrent_forced_renewals_mint_one_token(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    tokens.get_api_access_token(eshop)
+    shoptet_settings.set_latency(
+        0.2, path_prefix="/action/ApiOAuthServer/getAccessToken"
+    )
+
+    # Ten operators press "renew now" at once: one new token, not ten.
+    results = in_threads(10, lambda: tokens.renew_if_expiring(eshop, within=10**9))
+
+    assert all(results)
+    assert minted(shoptet_settings, eshop) == 2
