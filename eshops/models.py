@@ -7,6 +7,7 @@ import logging
 
 from django.db import models, transaction
 from django.utils import timezone
+from django.utils.translation import gettext_lazy as _
 
 from addon_project.encryption import EncryptedTextField
 
@@ -44,10 +45,10 @@ class EshopQuerySet(models.QuerySet["Eshop"]):
 
 class Eshop(models.Model):
     class Status(models.TextChoices):
-        ACTIVE = "active", "Active"
-        SUSPENDED = "suspended", "Suspended"
-        UNINSTALLED = "uninstalled", "Uninstalled"
-        TERMINATED = "terminated", "Terminated"
+        ACTIVE = "active", _("Active")
+        SUSPENDED = "suspended", _("Suspended")
+        UNINSTALLED = "uninstalled", _("Uninstalled")
+        TERMINATED = "terminated", _("Terminated")
 
     # Shoptet's eshopId is the tenant key; the domain can change (eshop:projectDomain).
     eshop_id = models.PositiveBigIntegerField("Shoptet eshopId", unique=True)
@@ -303,7 +304,7 @@ class EshopSettings(models.Model):
         Eshop, on_delete=models.CASCADE, related_name="addon_settings"
     )
     sync_orders = models.BooleanField(
-        default=True, help_text="Copy new orders in the background."
+        default=True, help_text=_("Copy new orders in the background.")
     )
     sync_interval_minutes = models.PositiveSmallIntegerField(default=60)
     notification_email = models.EmailField(blank=True)

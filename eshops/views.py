@@ -79,8 +79,9 @@ def frame_ancestors(eshop: Eshop | None) -> str:
 
 def _iframe_headers(response: HttpResponse, eshop: Eshop | None) -> HttpResponse:
     response["Content-Security-Policy"] = f"frame-ancestors {frame_ancestors(eshop)}"
-    # The session token is in the URL: never hand it to another site in a Referer.
-    response["Referrer-Policy"] = "no-referrer"
+    # The session token is in the URL: never hand it to another site in a Referer. Not
+    # "no-referrer": with it browsers send `Origin: null` on the page's own form posts.
+    response["Referrer-Policy"] = "same-origin"
     return response
 
 
