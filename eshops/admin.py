@@ -12,6 +12,7 @@ from typing import Any
 
 import redis
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.views.main import ChangeList
 from django.db import transaction
 from django.db.models import F, Q, QuerySet
@@ -37,7 +38,8 @@ RENEW_NOW_LIMIT = 20
 FORCE_RENEWAL = 10**9
 
 UNKNOWN = "unknown"
-_HEALTH = "_operator_token_health"  # per-row cache of tokens.token_health (None: Redis down)
+# Per-row cache of tokens.token_health in the instance's __dict__ (None: Redis down).
+_HEALTH = "_operator_token_health"
 
 
 def read_token_health(eshop_id: int) -> dict[str, Any] | None:
@@ -99,9 +101,7 @@ class MissingRightsFilter(admin.SimpleListFilter):
     ) -> list[tuple[str, str]]:
         return [("yes", "Some endpoints refused"), ("no", "None refused")]
 
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[Any]
-    ) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         if self.value() == "yes":
             return queryset.exclude(missing_rights={})
         if self.value() == "no":
@@ -118,9 +118,7 @@ class SetupCompletedFilter(admin.SimpleListFilter):
     ) -> list[tuple[str, str]]:
         return [("yes", "Yes, for the latest install"), ("no", "No")]
 
-    def queryset(
-        self, request: HttpRequest, queryset: QuerySet[Any]
-    ) -> QuerySet[Any]:
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
         # The same rule as EshopQuerySet.pending_setup, without its status and age conditions.
         completed = Q(setup_completed_at__gte=F("last_installed_at"))
         if self.value() == "yes":
@@ -167,6 +165,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         "name",
         "url",
         "status",
+        "processing_paused_at",
         "trial",
         "installed_at",
         "uninstalled_at",
@@ -187,6 +186,9 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     exclude = SECRET_FIELDS
     # Everything is read-only: it changes through installs, webhooks and audited actions only.
     readonly_fields = [
+        "processing_paused_at",
+        "processing_paused_by",
+        "admin_oauth_url",
         "eshop_id",
         "name",
         "url",
@@ -226,7 +228,8 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
 
     def get_changelist_instance(self, request: HttpRequest) -> ChangeList:
         changelist = super().get_changelist_instance(request)
-        if request.method == "GET":  # a POST runs an action and redirects: no list to show
+        # A POST runs an action and redirects: there is no list to show.
+        if request.method == "GET":
             _prefetch_token_health(changelist.result_list)
         return changelist
 
@@ -275,7 +278,10 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         health = read_token_health(obj.eshop_id)
         if health is None:
             return f"{UNKNOWN} (token store unreachable)"
-        renewed_at, error_at = _epoch(health["renewed_at"]), _epoch(health["last_error_at"])
+        renewed_at, error_at = (
+            _epoch(health["renewed_at"]),
+            _epoch(health["last_error_at"]),
+        )
         lines = [
             f"expires in: {_format_expires_in(health['expires_in'])}",
             f"valid tokens: {health['valid_tokens']} of {health['cap']}",
@@ -330,21 +336,27 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     def _force_renewal(self, eshop: Eshop) -> tuple[int, str]:
         if eshop.status != Eshop.Status.ACTIVE:
             return messages.WARNING, f"skipped: e-shop is {eshop.status}"
-        before = read_token_health(eshop.eshop_id)
         try:
-            tokens.renew_if_expiring(eshop, within=FORCE_RENEWAL)
+            renewed = tokens.renew_if_expiring(eshop, within=FORCE_RENEWAL)
         except ShoptetAPIError as exc:
             # str() of a Shoptet error never contains a token (shoptet_api/errors.py).
             return messages.ERROR, f"failed: {exc}"
         except redis.RedisError as exc:
-            return messages.ERROR, f"failed: token store unreachable ({type(exc).__name__})"
-        after = read_token_health(eshop.eshop_id)
-        if before and after and after["renewed_at"] == before["renewed_at"]:
-            # renew_if_expiring keeps the current token rather than mint past the cap.
+            return (
+                messages.ERROR,
+                f"failed: token store unreachable ({type(exc).__name__})",
+            )
+        if not renewed:
+            # At the cap the broker keeps the current token rather than mint a sixth.
+            health = read_token_health(eshop.eshop_id)
+            cap = (
+                f" ({health['valid_tokens']} of {health['cap']} valid)"
+                if health
+                else ""
+            )
             return (
                 messages.WARNING,
-                f"no new token: {after['valid_tokens']} of {after['cap']} valid tokens, "
-                "the current one stays in use",
+                f"no new token{cap}: the current one stays in use",
             )
         return messages.SUCCESS, "new API token issued"
 
@@ -352,7 +364,8 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     def reregister_webhooks(
         self, request: HttpRequest, queryset: QuerySet[Eshop]
     ) -> None:
-        queued, other = [], []
+        queued: list[str] = []
+        other: list[str] = []
         for eshop in queryset.only("pk", "eshop_id", "name", "status"):
             if eshop.status != Eshop.Status.ACTIVE:
                 detail = f"skipped: e-shop is {eshop.status}"
@@ -374,44 +387,49 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         for line in other:
             self.message_user(request, line, messages.WARNING)
 
-    @admin.action(description="Suspend processing", permissions=["change"])
+    @admin.action(
+        description="Pause processing (API calls and jobs)", permissions=["change"]
+    )
     def suspend_processing(
         self, request: HttpRequest, queryset: QuerySet[Eshop]
     ) -> None:
-        self._move(request, queryset, to=Eshop.Status.SUSPENDED, action="suspend")
+        self._pause(request, queryset, paused=True)
 
     @admin.action(description="Resume processing", permissions=["change"])
     def resume_processing(
         self, request: HttpRequest, queryset: QuerySet[Eshop]
     ) -> None:
-        self._move(request, queryset, to=Eshop.Status.ACTIVE, action="resume")
+        self._pause(request, queryset, paused=False)
 
-    def _move(
-        self, request: HttpRequest, queryset: QuerySet[Eshop], *, to: str, action: str
+    def _pause(
+        self, request: HttpRequest, queryset: QuerySet[Eshop], *, paused: bool
     ) -> None:
+        # A flag of its own, not the lifecycle status: Shoptet's addon:approve must not undo an
+        # operator's pause, and resuming must not revive a shop Shoptet suspended.
+        operator = _operator(request)
         for eshop in queryset:
-            before = eshop.status
-            suspended_by = (
-                eshop.transitions.filter(to_status=Eshop.Status.SUSPENDED)
-                .values_list("source", flat=True)
-                .first()
-                if to == Eshop.Status.ACTIVE and before == Eshop.Status.SUSPENDED
-                else None
+            rows = Eshop.objects.filter(
+                pk=eshop.pk, processing_paused_at__isnull=paused
             )
-            if eshop.transition(
-                to, reason="operator", source="operator", actor=_operator(request)
-            ):
-                detail, level = f"{before} -> {to}", messages.SUCCESS
-                if suspended_by not in (None, "operator"):
-                    # Shoptet itself may still have the addon suspended: the next API call
-                    # answers addon_suspended and moves the tenant back (tokens._mint).
-                    detail += f" (it was suspended by {suspended_by})"
-                    level = messages.WARNING
+            if paused:
+                changed = rows.update(
+                    processing_paused_at=timezone.now(), processing_paused_by=operator
+                )
             else:
-                eshop.refresh_from_db(fields=["status"])
-                detail = f"no change: e-shop is {eshop.status}"
+                changed = rows.update(
+                    processing_paused_at=None, processing_paused_by=""
+                )
+            if changed:
+                detail, level = ("paused" if paused else "resumed"), messages.SUCCESS
+            else:
+                detail, level = (
+                    f"no change: already {'paused' if paused else 'running'}",
+                    messages.WARNING,
+                )
+            if not paused and changed and eshop.status != Eshop.Status.ACTIVE:
+                detail += f" (the e-shop is {eshop.status}: Shoptet decides that)"
                 level = messages.WARNING
-            _record(request, eshop.eshop_id, action, detail)
+            _record(request, eshop.eshop_id, "pause" if paused else "resume", detail)
             self.message_user(request, f"{eshop}: {detail}", level)
 
     @admin.action(
@@ -447,7 +465,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
                 "title": "Purge uninstalled e-shops?",
                 "opts": self.opts,
                 "eshops": list(queryset),
-                "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+                "action_checkbox_name": ACTION_CHECKBOX_NAME,
                 "action_name": "purge_uninstalled_tenants",
             },
         )

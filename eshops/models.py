@@ -73,6 +73,11 @@ class Eshop(models.Model):
         max_length=255, blank=True, help_text="Why the status last changed."
     )
     status_changed_at = models.DateTimeField(null=True, blank=True)
+    # An operator's pause of all API calls and jobs, independent of Shoptet's own lifecycle (an
+    # addon:approve must not silently undo it).
+    processing_paused_at = models.DateTimeField(null=True, blank=True)
+    processing_paused_by = models.CharField(max_length=150, blank=True)
+
     # eventCreated of the newest lifecycle event applied: older deliveries are ignored.
     lifecycle_event_at = models.DateTimeField(null=True, blank=True)
 
@@ -208,6 +213,11 @@ class Eshop(models.Model):
         ):
             setattr(self, field, getattr(locked, field))
         return moved
+
+    @property
+    def can_call_api(self) -> bool:
+        """Active and not paused by an operator: API calls and jobs may run."""
+        return self.status == Eshop.Status.ACTIVE and self.processing_paused_at is None
 
     def forget_secrets(self) -> None:
         """Drop every credential (on uninstall): the OAuth token, webhook keys, API tokens in Redis."""

@@ -94,3 +94,9 @@ class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
         self, request: HttpRequest, obj: WebhookEvent | None = None
     ) -> bool:
         return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: WebhookEvent | None = None
+    ) -> bool:
+        # The inbox is the record of what Shoptet sent: it goes only with its tenant (purge).
+        return False

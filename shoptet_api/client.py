@@ -17,6 +17,7 @@ from django.views.decorators.debug import sensitive_variables
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
+    ProcessingPaused,
     ShoptetAPIError,
     ShoptetConnectionError,
     ShoptetForbidden,
@@ -337,6 +338,10 @@ class ShoptetClient:
         return error
 
     def _refuse_inactive_tenant(self) -> None:
+        if self.eshop.processing_paused_at is not None:
+            raise ProcessingPaused(
+                f"e-shop {self.eshop.eshop_id}: API calls paused by operator {self.eshop.processing_paused_by or '?'}"
+            )
         status = self.eshop.status
         if status == self.eshop.Status.SUSPENDED:
             raise AddonSuspended(

@@ -122,6 +122,10 @@ class AddonSuspended(ShoptetOAuthError):
     """`addon_suspended`, or the API's "Addon installation is not approved.". Permanent until approve."""
 
 
+class ProcessingPaused(ShoptetAPIError):
+    """An operator paused API calls and jobs for this e-shop (refused locally; nothing was sent)."""
+
+
 # --- The REST API (`{data, errors, metadata}` envelopes) -----------------------------------------
 
 

@@ -21,6 +21,7 @@ from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
+    ProcessingPaused,
     ShoptetAPIError,
     ShoptetRateLimited,
 )
@@ -36,12 +37,13 @@ MAX_RETRIES = 5
 
 def _active_eshop(eshop_id: int) -> Eshop | None:
     eshop = Eshop.objects.filter(eshop_id=eshop_id).first()
-    if eshop is None or eshop.status != Eshop.Status.ACTIVE:
-        logger.info(
-            "eshop_id=%s is %s; task skipped",
-            eshop_id,
-            eshop.status if eshop else "gone",
+    if eshop is None or not eshop.can_call_api:
+        state = (
+            "gone"
+            if eshop is None
+            else ("paused" if eshop.processing_paused_at else eshop.status)
         )
+        logger.info("eshop_id=%s is %s; task skipped", eshop_id, state)
         return None
     return eshop
 
@@ -50,7 +52,7 @@ def _run(task: Task[Any, Any], eshop_id: int, call: Callable[[], T]) -> T | None
     """Run `call`; retry transient errors with backoff, stop quietly on permanent ones."""
     try:
         return call()
-    except (AddonNotInstalled, AddonSuspended) as exc:
+    except (AddonNotInstalled, AddonSuspended, ProcessingPaused) as exc:
         logger.warning("eshop_id=%s: %s; not retried", eshop_id, exc)
         return None
     except ShoptetAPIError as exc:

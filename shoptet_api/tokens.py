@@ -499,6 +499,21 @@ def token_health(eshop_id: int) -> dict[str, Any]:
     }
 
 
+def renewal_failures(eshop_ids: list[int], *, batch: int = 500) -> dict[int, int]:
+    """Consecutive renewal failures of the given e-shops, only those with at least one."""
+    r = get_redis()
+    failing: dict[int, int] = {}
+    for start in range(0, len(eshop_ids), batch):
+        chunk = eshop_ids[start : start + batch]
+        pipe = r.pipeline(transaction=False)
+        for eshop_id in chunk:
+            pipe.hget(health_key(eshop_id), "failures")
+        for eshop_id, failures in zip(chunk, pipe.execute(), strict=True):
+            if failures and int(failures) > 0:
+                failing[eshop_id] = int(failures)
+    return failing
+
+
 def _at_cap(
     r: redis.Redis, eshop_id: int, stored: CachedToken | None, now: float
 ) -> CachedToken:
