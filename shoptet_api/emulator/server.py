@@ -868,10 +868,15 @@ class ShoptetEmulator(EmulatorState):
         * ``POST login-code`` ``{"eshopId"}`` -> a settings-page ``#OAUTH_CODE#``.
         * ``POST webhook`` ``{"eshopId", "event", "eventInstance", "url"?}`` ->
           deliver one signed webhook; ``{"status"}`` is the receiver's answer.
+        * ``GET open-settings?eshopId=&lang=&url=`` -> a redirect to the addon's settings
+          URL with a fresh ``#OAUTH_CODE#``, as the Shoptet admin opens it (a link that
+          keeps working, unlike a printed single-use code).
         """
         action = request.path.removeprefix(CONTROL_PREFIX).rstrip("/")
         if request.method == "GET" and action == "stats":
             return Reply(200, {**self.stats_snapshot(), "eshops": len(self.eshops)})
+        if request.method == "GET" and action == "open-settings":
+            return self._control_open_settings(request)
         if request.method != "POST":
             return Reply(404, {"error": "unknown control endpoint"})
         body = _json_body(request) if request.body.strip() else {}
@@ -906,6 +911,25 @@ class ShoptetEmulator(EmulatorState):
         if action == "webhook":
             return self._control_webhook(eshop_id, body)
         return Reply(404, {"error": "unknown control endpoint"})
+
+    def _control_open_settings(self, request: Request) -> Reply:
+        raw_id, url = request.param("eshopId") or "", request.param("url") or ""
+        if not raw_id.isdigit() or not self.has_eshop(int(raw_id)):
+            return Reply(400, {"error": "eshopId of a known e-shop is required"})
+        if not url.startswith(("http://", "https://")):
+            return Reply(400, {"error": "url (the addon's settings page) is required"})
+        query = {
+            "eshopId": raw_id,
+            "lang": request.param("lang") or "cs",
+            "code": self.issue_login_code(int(raw_id)),
+        }
+        separator = "&" if "?" in url else "?"
+        return Reply(
+            302,
+            b"",
+            {"Location": f"{url}{separator}{urlencode(query)}"},
+            content_type="text/plain",
+        )
 
     def _control_install(self, eshop_id: int | None, *, callback: bool) -> Reply:
         shop = self.add_eshop(eshop_id)

@@ -246,3 +246,35 @@ def test_management_command_serves_until_interrupted_and_hides_the_secret():
     assert process.returncode == 0
     assert "very-secret-value" not in output + rest
     assert code["code"] not in output + rest
+
+
+def test_open_settings_redirects_with_a_fresh_login_code(
+    shoptet_emulator: ShoptetEmulator,
+) -> None:
+    shop = shoptet_emulator.add_eshop()
+    url = f"{shoptet_emulator.base_url}/_emulator/open-settings"
+    params = {
+        "eshopId": shop.eshop_id,
+        "lang": "sk",
+        "url": "http://127.0.0.1:9/settings/",
+    }
+
+    first = requests.get(url, params=params, allow_redirects=False, timeout=5)
+    second = requests.get(url, params=params, allow_redirects=False, timeout=5)
+
+    assert first.status_code == second.status_code == 302
+    query = parse_qs(urlsplit(first.headers["Location"]).query)
+    assert query["eshopId"] == [str(shop.eshop_id)]
+    assert query["lang"] == ["sk"]
+    assert (
+        first.headers["Location"] != second.headers["Location"]
+    )  # a new code each time
+    assert (
+        requests.get(
+            url,
+            params={**params, "url": "javascript:x"},
+            allow_redirects=False,
+            timeout=5,
+        ).status_code
+        == 400
+    )
