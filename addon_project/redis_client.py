@@ -25,3 +25,10 @@ def get_redis() -> redis.Redis:
 def lua(source: str) -> Script:
     """A Lua script sent by hash (EVALSHA) after its first use; pass `client=` when calling it."""
     return get_redis().register_script(source)
+
+
+# KEYS[1] a lock; ARGV[1] its owner token. Deletes the lock only if we still own it.
+RELEASE_LOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -4,11 +4,13 @@ webhooks we subscribe to (idempotently, repairing drift), and the e-shop's detai
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 from django.conf import settings
 from django.utils import timezone
 
+from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from eshops.models import Eshop
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import ShoptetBadRequest, ShoptetInvalidResponse
@@ -17,22 +19,62 @@ logger = logging.getLogger(__name__)
 
 # Shoptet accepts at most 50 webhooks per registration call.
 REGISTRATION_BATCH = 50
+# Longer than a renew-signature-key call can take (connect + read timeout).
+KEY_RENEWAL_LOCK_MS = 60_000
 
 
 def complete_install(eshop: Eshop) -> None:
     """Post-install setup; safe to run twice (a crash between steps is completed by the next run)."""
     with ShoptetClient(eshop) as client:
-        if eshop.webhook_signature_key is None or (
-            eshop.signature_key_renewed_at is None
-            or eshop.signature_key_renewed_at < eshop.last_installed_at
-        ):
-            renew_signature_key(eshop, client=client)
+        renew_signature_key_once(eshop, client=client)
         sync_webhooks(eshop, client=client)
         refresh_eshop_details(eshop, client=client)
     Eshop.objects.filter(pk=eshop.pk).update(
         setup_completed_at=timezone.now(), updated_at=timezone.now()
     )
     logger.info("eshop_id=%s: post-install setup complete", eshop.eshop_id)
+
+
+def key_renewal_lock_key(eshop_id: int) -> str:
+    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:key-renewal"
+
+
+def renew_signature_key_once(eshop: Eshop, *, client: ShoptetClient) -> None:
+    """One signature key per (re)install, even when two setups run at once.
+
+    Every renewal invalidates the previous key at Shoptet, so two racing renewals could leave us
+    storing a key Shoptet no longer signs with. One process renews under a Redis lock; the
+    others skip (the holder stores the key). The row is re-read after taking the lock.
+    """
+    r = get_redis()
+    owner = uuid.uuid4().hex
+    if not r.set(
+        key_renewal_lock_key(eshop.eshop_id), owner, nx=True, px=KEY_RENEWAL_LOCK_MS
+    ):
+        logger.info(
+            "eshop_id=%s: another process is renewing the signature key", eshop.eshop_id
+        )
+        return
+    try:
+        eshop.refresh_from_db(
+            fields=[
+                "webhook_signature_key",
+                "previous_signature_key",
+                "signature_key_renewed_at",
+                "last_installed_at",
+            ]
+        )
+        renewed = eshop.signature_key_renewed_at
+        if (
+            not eshop.webhook_signature_key
+            or renewed is None
+            or renewed < eshop.last_installed_at
+        ):
+            renew_signature_key(eshop, client=client)
+    finally:
+        lua(RELEASE_LOCK)(
+            keys=[key_renewal_lock_key(eshop.eshop_id)], args=[owner], client=r
+        )
 
 
 # Reference: https://api.docs.shoptet.com/shoptet-api/openapi/webhooks/renewsignaturekey
@@ -87,33 +129,58 @@ def sync_webhooks(eshop: Eshop, *, client: ShoptetClient) -> dict[str, int]:
             logger.info(
                 "eshop_id=%s: webhook %s moved to our URL", eshop.eshop_id, event
             )
-    missing = [event for event in wanted if event not in existing]
-    for start in range(0, len(missing), REGISTRATION_BATCH):
-        batch = missing[start : start + REGISTRATION_BATCH]
-        try:
-            client.post(
-                "/api/webhooks",
-                json={"data": [{"event": event, "url": url} for event in batch]},
+    hooks = list(existing.values())
+    for attempt in range(1, 4):
+        missing = [
+            event for event in wanted if event not in {hook["event"] for hook in hooks}
+        ]
+        if not missing:
+            break
+        if attempt == 3:
+            raise ShoptetBadRequest(
+                f"webhooks still not registered after retries: {', '.join(missing)}",
+                endpoint="POST /api/webhooks",
             )
-        except ShoptetBadRequest as exc:
-            # 422 "already exists" (a parallel run registered it) is fine: the re-list below shows
-            # it. 409 means mutually exclusive events are configured: an operator must fix that.
-            if exc.status_code == 409:
-                raise
-            logger.info(
-                "eshop_id=%s: registration answered %s; re-listing",
-                eshop.eshop_id,
-                exc.error_code,
-            )
-        logger.info(
-            "eshop_id=%s: webhooks registered: %s", eshop.eshop_id, ", ".join(batch)
-        )
+        for start in range(0, len(missing), REGISTRATION_BATCH):
+            _register(eshop, client, missing[start : start + REGISTRATION_BATCH], url)
+        hooks = _list_webhooks(client)
     registered = {hook["event"]: int(hook["id"]) for hook in _list_webhooks(client)}
     Eshop.objects.filter(pk=eshop.pk).update(
         webhooks=registered, updated_at=timezone.now()
     )
     eshop.webhooks = registered
     return registered
+
+
+def _register(eshop: Eshop, client: ShoptetClient, events: list[str], url: str) -> None:
+    try:
+        client.post(
+            "/api/webhooks",
+            json={"data": [{"event": event, "url": url} for event in events]},
+        )
+    except ShoptetBadRequest as exc:
+        # "Already exists" means a parallel run registered some of them: the caller re-lists and
+        # registers what is still missing. Anything else (409 mutually exclusive events, 422 for
+        # an event name Shoptet does not know) needs an operator.
+        if not _already_exists(exc):
+            raise
+        logger.info(
+            "eshop_id=%s: some webhooks already existed; re-listing", eshop.eshop_id
+        )
+    else:
+        logger.info(
+            "eshop_id=%s: webhooks registered: %s", eshop.eshop_id, ", ".join(events)
+        )
+
+
+def _already_exists(exc: ShoptetBadRequest) -> bool:
+    # UNCERTAIN: Shoptet documents the message ("Webhook already exists for this event"), not the code.
+    texts = [
+        exc.error_code or "",
+        exc.message,
+        *(str(item.get("message", "")) for item in exc.errors),
+    ]
+    return exc.status_code == 422 and any("exist" in text.lower() for text in texts)
 
 
 def _list_webhooks(client: ShoptetClient) -> list[dict[str, Any]]:

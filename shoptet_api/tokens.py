@@ -34,7 +34,7 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from addon_project.encryption import Secret, decrypt, encrypt
-from addon_project.redis_client import get_redis, lua
+from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -100,11 +100,6 @@ redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(ARGV[4]) - tonumb
 return count
 """
 
-# KEYS[1] lock; ARGV[1] owner. Delete only our own lock.
-_RELEASE_LOCK = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 # KEYS[1] token hash, KEYS[2] issued set; ARGV[1] fingerprint of the token that failed.
 _INVALIDATE = """
@@ -353,7 +348,7 @@ def _renew_shared(r: redis.Redis, eshop: Eshop, *, need: Need = Need()) -> Cache
             try:
                 return _renew_holding_lock(r, eshop, need=need)
             finally:
-                lua(_RELEASE_LOCK)(
+                lua(RELEASE_LOCK)(
                     keys=[renew_lock_key(eshop_id)], args=[owner], client=r
                 )
         # Another process is minting: wait and re-read, never mint alongside it.

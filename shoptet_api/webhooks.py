@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -33,6 +34,7 @@ from shoptet_api.provisioning import refresh_eshop_details
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "Shoptet-Webhook-Signature"
+_SIGNATURE_FORMAT = re.compile(r"[0-9a-f]{40}")
 LIFECYCLE_PREFIX = "addon:"
 # Headers kept with each inbox row: enough to debug a delivery, nothing secret.
 KEPT_HEADERS = ("Content-Type", "User-Agent", "Content-Length", SIGNATURE_HEADER)
@@ -62,14 +64,16 @@ def signature_of(body: bytes, key: str) -> str:
 
 
 def _matches(body: bytes, key: str | None, signature: str) -> bool:
-    return bool(key) and hmac.compare_digest(signature_of(body, str(key)), signature)
+    return bool(key) and hmac.compare_digest(
+        signature_of(body, str(key)).encode(), signature.encode()
+    )
 
 
 def verify(eshop: Eshop, body: bytes, signature: str) -> str | None:
     """How the body is authenticated ("key", "previous-key"), or None when it is not."""
     signature = signature.strip().lower()
-    if not signature:
-        return None
+    if not _SIGNATURE_FORMAT.fullmatch(signature):
+        return None  # absent, or not a hex SHA-1 at all: nothing to compare
     if _matches(body, eshop.webhook_signature_key, signature):
         return "key"
     renewed = eshop.signature_key_renewed_at
@@ -99,9 +103,14 @@ def _refuse(status: int, reason: str, **log_fields: Any) -> JsonResponse:
 def _parse(body: bytes) -> dict[str, Any] | str:
     """The four documented fields, or the reason the body is not a Shoptet webhook."""
     try:
-        payload = json.loads(body)
+        # Strictly UTF-8 (json.loads(bytes) would also guess UTF-16/32), and no NUL anywhere:
+        # PostgreSQL text cannot store it.
+        text = body.decode("utf-8")
+        payload = json.loads(text)
     except (UnicodeDecodeError, ValueError):
-        return "body is not JSON"
+        return "body is not UTF-8 JSON"
+    if "\x00" in text or "\\u0000" in text:
+        return "body contains NUL characters"
     if not isinstance(payload, dict):
         return "body is not a JSON object"
     eshop_id, event = payload.get("eshopId"), payload.get("event")
@@ -134,7 +143,10 @@ def _parse(body: bytes) -> dict[str, Any] | str:
 @require_POST
 def receive(request: HttpRequest) -> JsonResponse:
     """`POST /webhooks/shoptet/`: verify, store, acknowledge. The work happens in Celery."""
-    if int(request.META.get("CONTENT_LENGTH") or 0) > settings.SHOPTET_WEBHOOK_MAX_BODY:
+    declared = str(request.META.get("CONTENT_LENGTH") or "0")
+    if not declared.isdigit():
+        return _refuse(400, "invalid Content-Length")
+    if int(declared) > settings.SHOPTET_WEBHOOK_MAX_BODY:
         return _refuse(413, "body too large")
     body = request.body  # the raw bytes, read once: the signature is over exactly these
     if len(body) > settings.SHOPTET_WEBHOOK_MAX_BODY:
@@ -252,7 +264,9 @@ def process_event(event_pk: int) -> float | None:
     """
     with transaction.atomic():
         event = (
-            WebhookEvent.objects.select_for_update(skip_locked=True)
+            # of=("self",): lock only the inbox row; locking the joined e-shop too would make
+            # every other event of the shop (and any transition) skip or wait.
+            WebhookEvent.objects.select_for_update(skip_locked=True, of=("self",))
             .select_related("eshop")
             .filter(
                 pk=event_pk,
@@ -262,6 +276,14 @@ def process_event(event_pk: int) -> float | None:
         )
         if event is None:
             return None  # processed already, dead, or in another worker's hands
+        if (
+            event.status == WebhookEvent.Status.FAILED
+            and event.next_attempt_at
+            and event.next_attempt_at > timezone.now()
+        ):
+            # An early duplicate of the retry task: keep the backoff, do not burn an attempt.
+            # The scheduled retry (or the redeliver sweep, if it was lost) will run it.
+            return None
         event.attempts += 1
         handler = HANDLERS.get(event.event)
         retry_in = None

@@ -10,8 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from celery.contrib.testing.worker import start_worker
 from django.utils import timezone
 
+from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from shoptet_api import tokens
@@ -141,3 +143,27 @@ def eshop_factory(db: None) -> Callable[..., Eshop]:
 @pytest.fixture
 def eshop(eshop_factory: Callable[..., Eshop]) -> Eshop:
     return eshop_factory()
+
+
+@pytest.fixture
+def real_worker() -> Iterator[None]:
+    """A Celery worker thread consuming a queue of this test's own on the real Redis broker.
+
+    Tests that use it need `django_db(transaction=True)`: the worker has its own connection.
+    """
+    queue = f"test-{uuid.uuid4().hex[:10]}"
+    saved = {
+        key: celery_app.conf[key] for key in ("task_always_eager", "task_default_queue")
+    }
+    celery_app.conf.update(task_always_eager=False, task_default_queue=queue)
+    # Celery caches its queue declarations on first use: a worker started earlier in this
+    # process would leave them pointing at that worker's queue. Start afresh, and clean up.
+    celery_app.__dict__.pop("amqp", None)
+    try:
+        with start_worker(
+            celery_app, pool="solo", perform_ping_check=False, shutdown_timeout=10
+        ):
+            yield
+    finally:
+        celery_app.conf.update(saved)
+        celery_app.__dict__.pop("amqp", None)

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import time
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
 import pytest
-from celery.contrib.testing.worker import start_worker
 from django.utils import timezone
 
-from addon_project.celery import app
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth.services import install_addon
@@ -141,21 +138,6 @@ def test_pending_install_sweep_completes_setup_that_never_ran(
 
     assert Eshop.objects.get(pk=eshop.pk).setup_completed_at is not None
     assert tasks.complete_pending_installs.apply().get() == 0
-
-
-@pytest.fixture
-def real_worker() -> Iterator[None]:
-    """A Celery worker thread consuming a queue of this test's own on the real Redis broker."""
-    queue = f"test-{uuid.uuid4().hex[:10]}"
-    saved = {key: app.conf[key] for key in ("task_always_eager", "task_default_queue")}
-    app.conf.update(task_always_eager=False, task_default_queue=queue)
-    try:
-        with start_worker(
-            app, pool="solo", perform_ping_check=False, shutdown_timeout=10
-        ):
-            yield
-    finally:
-        app.conf.update(saved)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -253,8 +253,8 @@ def test_open_settings_redirects_with_a_fresh_login_code(
 ) -> None:
     shop = shoptet_emulator.add_eshop()
     url = f"{shoptet_emulator.base_url}/_emulator/open-settings"
-    params = {
-        "eshopId": shop.eshop_id,
+    params: dict[str, str] = {
+        "eshopId": str(shop.eshop_id),
         "lang": "sk",
         "url": "http://127.0.0.1:9/settings/",
     }
