@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 
 # Safe to repeat after a 5xx or a dropped answer. Not POST, and not PATCH: some Shoptet PATCHes are
 # relative (a stock movement's `amountChange`), so repeating one could apply it twice.
+# How often a long-lived client re-reads its tenant's status from the database.
+STATE_RECHECK_SECONDS = 10.0
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 # Numeric ids, order codes and GUIDs in paths: collapsed so missing-rights records stay per endpoint.
 _PATH_ID = re.compile(r"/(?=[^/]*\d)[^/]+")
@@ -162,6 +164,7 @@ class ShoptetClient:
         )
         self.timeout = timeout or default_timeout()
         self.base_url = settings.SHOPTET_API_URL.rstrip("/")
+        self._state_checked_at = time.monotonic()
         self.session = requests.Session()
         self.session.trust_env = False
         self.session.headers.update(
@@ -338,6 +341,17 @@ class ShoptetClient:
         return error
 
     def _refuse_inactive_tenant(self) -> None:
+        now = time.monotonic()
+        if (
+            self.eshop.pk is not None
+            and now - self._state_checked_at > STATE_RECHECK_SECONDS
+        ):
+            # A long sync job must notice a suspend, uninstall or operator pause that happened
+            # after it loaded the tenant.
+            self.eshop.refresh_from_db(
+                fields=["status", "processing_paused_at", "processing_paused_by"]
+            )
+            self._state_checked_at = now
         if self.eshop.processing_paused_at is not None:
             raise ProcessingPaused(
                 f"e-shop {self.eshop.eshop_id}: API calls paused by operator {self.eshop.processing_paused_by or '?'}"

@@ -827,3 +827,19 @@ def test_paginate_can_walk_the_same_list_twice(
 
     assert len(first) == len(second) == 60
     assert pages.pages_read == 2
+
+
+def test_a_long_lived_client_notices_a_suspension_made_elsewhere(
+    shoptet_settings: ShoptetEmulator,
+    installed_eshop: Eshop,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client = ShoptetClient(installed_eshop)
+    client.get("/api/eshop")
+    Eshop.objects.filter(pk=installed_eshop.pk).update(status=Eshop.Status.SUSPENDED)
+    monkeypatch.setattr("shoptet_api.client.STATE_RECHECK_SECONDS", 0.0)
+
+    with pytest.raises(AddonSuspended):
+        client.get("/api/eshop")
+
+    assert shoptet_settings.stats.api_requests[installed_eshop.eshop_id] == 1
