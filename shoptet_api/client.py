@@ -343,7 +343,7 @@ class ShoptetClient:
     def _refuse_inactive_tenant(self) -> None:
         now = time.monotonic()
         if (
-            self.eshop.pk is not None
+            not self.eshop._state.adding  # unsaved tenants (benchmarks) have no row to re-read
             and now - self._state_checked_at > STATE_RECHECK_SECONDS
         ):
             # A long sync job must notice a suspend, uninstall or operator pause that happened
