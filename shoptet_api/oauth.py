@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import requests
 from django.conf import settings
@@ -18,6 +20,8 @@ from shoptet_api.transport import send
 from shoptet_api.types import ApiAccessToken, BasicEshop, OAuthGrant, ResponseShapeError
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 INSTALL_SETTINGS = (
     "SHOPTET_CLIENT_ID",
@@ -44,6 +48,19 @@ def _parse(response: requests.Response, *, endpoint: str) -> object:
             raw_body=response.text,
             endpoint=endpoint,
             request_id=request_id_of(response),
+        ) from None
+
+
+def _parse_as(
+    response: requests.Response, shape: Callable[[Any], T], *, endpoint: str
+) -> T:
+    """A success answer parsed strictly into `shape`; a wrong shape is ShoptetInvalidResponse."""
+    body = _parse(response, endpoint=endpoint)
+    try:
+        return shape(body)
+    except ResponseShapeError as exc:
+        raise ShoptetInvalidResponse(
+            f"unexpected answer: {exc}", status_code=200, endpoint=endpoint
         ) from None
 
 
@@ -74,13 +91,7 @@ def exchange_code(*, code: str) -> OAuthGrant:
         ),
         endpoint=endpoint,
     )
-    body = _parse(response, endpoint=endpoint)
-    try:
-        return OAuthGrant.from_json(body)
-    except ResponseShapeError as exc:
-        raise ShoptetInvalidResponse(
-            f"unexpected token response: {exc}", status_code=200, endpoint=endpoint
-        ) from None
+    return _parse_as(response, OAuthGrant.from_json, endpoint=endpoint)
 
 
 # Reference: https://developers.shoptet.com/api/documentation/getting-api-access-token/
@@ -98,15 +109,7 @@ def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
         timeout=(settings.SHOPTET_CONNECT_TIMEOUT, settings.SHOPTET_TOKEN_READ_TIMEOUT),
         endpoint=endpoint,
     )
-    body = _parse(response, endpoint=endpoint)
-    try:
-        return ApiAccessToken.from_json(body)
-    except ResponseShapeError as exc:
-        raise ShoptetInvalidResponse(
-            f"unexpected getAccessToken response: {exc}",
-            status_code=200,
-            endpoint=endpoint,
-        ) from None
+    return _parse_as(response, ApiAccessToken.from_json, endpoint=endpoint)
 
 
 # --- Settings-page admin login, on the *customer* e-shop's OAuthServer --------------------------
@@ -158,15 +161,7 @@ def get_basic_eshop(*, oauth_url: str, token: str) -> BasicEshop:
         timeout=_admin_timeout(),
         endpoint=endpoint,
     )
-    body = _parse(response, endpoint=endpoint)
-    try:
-        return BasicEshop.from_json(body)
-    except ResponseShapeError as exc:
-        raise ShoptetInvalidResponse(
-            f"unexpected getBasicEshop response: {exc}",
-            status_code=200,
-            endpoint=endpoint,
-        ) from None
+    return _parse_as(response, BasicEshop.from_json, endpoint=endpoint)
 
 
 def _admin_timeout() -> tuple[float, float]:

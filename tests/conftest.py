@@ -16,6 +16,7 @@ from django.utils import timezone
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
+from oauth.services import install_addon
 from shoptet_api import tokens
 from shoptet_api.emulator import ShoptetEmulator
 
@@ -117,6 +118,20 @@ def shoptet_settings(
     settings.SHOPTET_OAUTH_URL = shoptet_emulator.oauth_url
     settings.SHOPTET_API_URL = shoptet_emulator.api_url
     return shoptet_emulator
+
+
+@pytest.fixture
+def install(shoptet_settings: ShoptetEmulator) -> Callable[..., Eshop]:
+    """Install a tenant the emulator knows through the real install flow (exchange + upsert);
+    keyword arguments go to `ShoptetEmulator.add_eshop`. Post-install setup does not run here."""
+
+    def installed(**shop: Any) -> Eshop:
+        emulated = shoptet_settings.add_eshop(**shop)
+        return install_addon(
+            code=shoptet_settings.issue_install_code(emulated.eshop_id)
+        )
+
+    return installed
 
 
 @pytest.fixture

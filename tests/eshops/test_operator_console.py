@@ -32,19 +32,6 @@ TOKEN_PATH = "/action/ApiOAuthServer/getAccessToken"
 
 
 @pytest.fixture
-def install(shoptet_settings: ShoptetEmulator) -> Callable[..., Eshop]:
-    """A tenant the emulator knows, installed through the real install flow."""
-
-    def installed(**shop: Any) -> Eshop:
-        emulated = shoptet_settings.add_eshop(**shop)
-        return install_addon(
-            code=shoptet_settings.issue_install_code(emulated.eshop_id)
-        )
-
-    return installed
-
-
-@pytest.fixture
 def redis_down(settings: Any) -> Iterator[None]:
     """The token store is unreachable (a closed port) for the test."""
     settings.REDIS_URL = "redis://127.0.0.1:1/0"

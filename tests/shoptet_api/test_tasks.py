@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import time
 from collections.abc import Callable
-from typing import Any
 from unittest import mock
 
 import pytest
@@ -13,24 +12,12 @@ from django.utils import timezone
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
-from oauth.services import install_addon
 from shoptet_api import tasks, tokens
 from shoptet_api.emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 
 TOKEN_PATH = "/action/ApiOAuthServer/getAccessToken"
-
-
-@pytest.fixture
-def install(shoptet_settings: ShoptetEmulator) -> Callable[..., Eshop]:
-    def installed(**shop: Any) -> Eshop:
-        emulated = shoptet_settings.add_eshop(**shop)
-        return install_addon(
-            code=shoptet_settings.issue_install_code(emulated.eshop_id)
-        )
-
-    return installed
 
 
 def token_calls(emulator: ShoptetEmulator) -> int:

@@ -33,15 +33,6 @@ from shoptet_api.errors import (
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def install(shoptet_settings: ShoptetEmulator) -> Callable[[], Eshop]:
-    def installed() -> Eshop:
-        shop = shoptet_settings.add_eshop()
-        return install_addon(code=shoptet_settings.issue_install_code(shop.eshop_id))
-
-    return installed
-
-
 def minted(emulator: ShoptetEmulator, eshop: Eshop) -> int:
     return int(emulator.stats.api_tokens_issued.get(eshop.eshop_id, 0))
 
