@@ -84,9 +84,10 @@ def exchange_code(*, code: str) -> OAuthGrant:
         "POST",
         f"{settings.SHOPTET_OAUTH_URL}token",
         json=payload,
-        # Shoptet waits at most 5 s for our answer to the whole install callback.
+        # Shoptet waits at most 5 s for the whole install callback: connect (at most 1 s) and
+        # read (SHOPTET_INSTALL_READ_TIMEOUT, 3 s) leave room for the database.
         timeout=(
-            settings.SHOPTET_CONNECT_TIMEOUT,
+            min(settings.SHOPTET_CONNECT_TIMEOUT, 1.0),
             settings.SHOPTET_INSTALL_READ_TIMEOUT,
         ),
         endpoint=endpoint,

@@ -398,3 +398,38 @@ def test_no_secret_reaches_logs_or_pages(
         assert secret not in everything
         assert all(secret.encode() not in page for page in pages)
     assert repr(Eshop.objects.get()) == f"<Eshop: e-shop {shop.eshop_id}>"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_install_answers_without_waiting_for_a_hung_broker(
+    shoptet_settings: ShoptetEmulator, settings: Any
+) -> None:
+    from addon_project.celery import app as celery_app
+
+    shop = shoptet_settings.add_eshop()
+    release, publishing = threading.Event(), threading.Event()
+
+    def hung_publish(eshop_id: int) -> None:
+        publishing.set()
+        release.wait(
+            timeout=30
+        )  # a broker that accepted the connection and never answers
+
+    eager = celery_app.conf.task_always_eager
+    celery_app.conf.task_always_eager = False
+    try:
+        with mock.patch(
+            "oauth.services.post_install_task.delay", side_effect=hung_publish
+        ) as delay:
+            response = install(
+                Client(), shoptet_settings.issue_install_code(shop.eshop_id)
+            )
+            # The answer is out while the publish is still stuck.
+            assert response.status_code == 200
+            assert publishing.wait(timeout=10)
+            assert not release.is_set()
+            release.set()
+    finally:
+        celery_app.conf.task_always_eager = eager
+    delay.assert_called_once_with(shop.eshop_id)
+    assert Eshop.objects.filter(eshop_id=shop.eshop_id).exists()
