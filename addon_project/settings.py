@@ -258,7 +258,7 @@ SHOPTET_BUCKET_LEAK_PER_SECOND = env.float(
     "SHOPTET_BUCKET_LEAK_PER_SECOND", default=10.0
 )
 
-# Webhooks (shoptet_api/webhooks.py, shoptet_api/subscriptions.py).
+# Webhooks (shoptet_api/webhooks.py, shoptet_api/provisioning.py).
 # Our public receiver URL as Shoptet must call it; empty = do not register webhooks.
 SHOPTET_WEBHOOK_URL = env.str("SHOPTET_WEBHOOK_URL", default="")
 # Events registered for every installation (addon:* lifecycle events are configured in the partner

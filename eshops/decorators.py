@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec
 
@@ -32,6 +33,9 @@ class SettingsSession:
     user_email: str
     user_name: str
     language: str
+    # When the Shoptet login happened (epoch seconds). Re-signing a page's links keeps it, so a
+    # session ends SHOPTET_SETTINGS_SESSION_MAX_AGE after the login, however active it is.
+    logged_in_at: int = dataclasses.field(default_factory=lambda: int(time.time()))
 
     def sign(self) -> str:
         return signing.dumps(dataclasses.astuple(self), salt=SALT, compress=True)
@@ -39,22 +43,28 @@ class SettingsSession:
     @classmethod
     def load(cls, token: str) -> SettingsSession | None:
         """The session in `token`, or None if it is forged, malformed or older than the max age."""
+        max_age = settings.SHOPTET_SETTINGS_SESSION_MAX_AGE
         try:
-            values = signing.loads(
-                token, salt=SALT, max_age=settings.SHOPTET_SETTINGS_SESSION_MAX_AGE
-            )
+            values = signing.loads(token, salt=SALT, max_age=max_age)
         except signing.BadSignature:  # includes SignatureExpired
             return None
-        if not isinstance(values, list) or len(values) != 4:
+        if not isinstance(values, list) or len(values) != 5:
             return None
-        eshop_id, email, name, language = values
-        if not isinstance(eshop_id, int) or language not in LANGUAGES:
+        eshop_id, email, name, language, logged_in_at = values
+        if (
+            not isinstance(eshop_id, int)
+            or language not in LANGUAGES
+            or not isinstance(logged_in_at, int)
+        ):
+            return None
+        if time.time() - logged_in_at > max_age:
             return None
         return cls(
             eshop_id=eshop_id,
             user_email=str(email),
             user_name=str(name),
             language=language,
+            logged_in_at=logged_in_at,
         )
 
 

@@ -8,6 +8,7 @@ code leaves the address bar at once. The page never sets a cookie.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,6 +34,7 @@ from eshops.decorators import (
 from eshops.forms import EshopSettingsForm
 from eshops.models import Eshop, EshopSettings, SettingsChange
 from shoptet_api import oauth, tokens
+from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import ShoptetAPIError, ShoptetOAuthError
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import refresh_eshop_details
@@ -41,6 +43,8 @@ from shoptet_api.types import BasicEshop
 logger = logging.getLogger(__name__)
 
 MAX_CODE_LENGTH = 512
+# ASCII digits only (str.isdigit also takes '²'), and no longer than a 64-bit id.
+ESHOP_ID = re.compile(r"[0-9]{1,19}")
 
 ERRORS = {
     "bad_request": _(
@@ -105,7 +109,7 @@ def settings_entry(request: HttpRequest) -> HttpResponse:
     """Log the Shoptet admin user in (basic_eshop) and hand over to the settings page."""
     language = _language(request.GET.get("lang"))
     raw_id, code = request.GET.get("eshopId", ""), request.GET.get("code", "")
-    if not raw_id.isdigit() or not code or len(code) > MAX_CODE_LENGTH:
+    if not ESHOP_ID.fullmatch(raw_id) or not code or len(code) > MAX_CODE_LENGTH:
         return error_page(request, 400, "bad_request", language=language)
     eshop = Eshop.objects.filter(
         eshop_id=int(raw_id), status=Eshop.Status.ACTIVE
@@ -146,7 +150,9 @@ def settings_entry(request: HttpRequest) -> HttpResponse:
 def _login(request: HttpRequest, eshop: Eshop, code: str) -> BasicEshop:
     if not eshop.admin_oauth_url:
         # Not known yet (post-install setup still running): ask /api/eshop now.
-        refresh_eshop_details(eshop)
+        # A person waits in the iframe: a short budget, not the background default.
+        with ShoptetClient(eshop, max_time=5.0, max_attempts=2) as client:
+            refresh_eshop_details(eshop, client=client)
         if not eshop.admin_oauth_url:
             raise ShoptetOAuthError("/api/eshop names no oauth URL for this e-shop")
     redirect_uri = settings.SHOPTET_SETTINGS_REDIRECT_URI or request.build_absolute_uri(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import threading
 from functools import partial
 
 import redis
@@ -12,7 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
-from addon_project.celery import app as celery_app
+from addon_project.celery import in_background
 from eshops.models import Eshop
 from shoptet_api.oauth import exchange_code
 from shoptet_api.tasks import post_install as post_install_task
@@ -22,24 +21,14 @@ logger = logging.getLogger(__name__)
 
 
 def _after_install(eshop_id: int) -> None:
-    if celery_app.conf.task_always_eager:
-        # Eager mode (tests, a single process): the task runs inline anyway.
-        _finish_install(eshop_id)
-        return
-    # Off the request thread: Shoptet waits at most 5 s for the install answer, and a hung Redis
-    # or broker must not spend that budget. If this thread dies with its process, the
-    # complete_pending_installs sweep runs the setup instead.
-    threading.Thread(
-        target=_finish_install,
-        args=(eshop_id,),
-        name=f"after-install-{eshop_id}",
-        daemon=True,
-    ).start()
+    # Neither step may delay the answer Shoptet waits for.
+    in_background(_forget_tokens_then_set_up, eshop_id)
 
 
-def _finish_install(eshop_id: int) -> None:
-    # A new OAuth token starts a fresh count of valid API tokens at Shoptet; tokens from the
-    # previous install are useless now.
+def _forget_tokens_then_set_up(eshop_id: int) -> None:
+    # A new OAuth token starts a fresh count of valid API tokens at Shoptet: the previous
+    # install's tokens are useless now. Then the post-install setup (signature key, webhooks,
+    # shop details); complete_pending_installs runs it if this publish fails.
     try:
         forget_tokens(eshop_id)
     except redis.RedisError as exc:
@@ -48,19 +37,10 @@ def _finish_install(eshop_id: int) -> None:
             eshop_id,
             type(exc).__name__,
         )
-    try:
-        post_install_task.delay(eshop_id)
-    except (
-        Exception
-    ) as exc:  # the broker's errors vary by transport; none may be lost silently
-        logger.warning(
-            "install: eshop_id=%s post-install setup not queued (%s); the pending-install sweep will run it",
-            eshop_id,
-            type(exc).__name__,
-        )
+    post_install_task.delay(eshop_id)
 
 
-@sensitive_variables("grant")
+@sensitive_variables("code", "grant")
 def install_addon(*, code: str) -> Eshop:
     """Exchange `code`, then create or reactivate the e-shop with its new OAuth token.
 

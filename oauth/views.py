@@ -12,6 +12,7 @@ from django.db import DatabaseError, connection
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET
 
 from addon_project.client_ip import client_ip, ip_in_networks
@@ -50,6 +51,7 @@ def _fingerprint(code: str) -> str:
 
 
 @never_cache
+@sensitive_variables("code", "codes")
 @require_GET
 def install(request: HttpRequest) -> HttpResponse:
     """Exchange the code in this request and answer 200 only once the tenant is committed."""

@@ -38,7 +38,9 @@ class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
     def event_instance_short(self, obj: WebhookEvent) -> str:
         return obj.event_instance[:60]
 
-    @admin.action(description="Replay selected dead or failed events")
+    @admin.action(
+        description="Replay selected dead or failed events", permissions=["replay"]
+    )
     def replay_selected(
         self, request: HttpRequest, queryset: QuerySet[WebhookEvent]
     ) -> None:
@@ -100,3 +102,7 @@ class WebhookEventAdmin(admin.ModelAdmin[WebhookEvent]):
     ) -> bool:
         # The inbox is the record of what Shoptet sent: it goes only with its tenant (purge).
         return False
+
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        # Replaying runs handlers again: for operators who may change events, not for viewers.
+        return bool(request.user.has_perm("shoptet_api.change_webhookevent"))

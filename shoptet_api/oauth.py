@@ -65,7 +65,7 @@ def _parse_as(
 
 
 # Reference: https://developers.shoptet.com/api/documentation/installing-the-addon/
-@sensitive_variables("payload")
+@sensitive_variables("code", "payload")
 def exchange_code(*, code: str) -> OAuthGrant:
     """Exchange an install `code` for the e-shop's OAuth access token (no retry: codes are single-use)."""
     missing = missing_install_settings()
@@ -119,7 +119,7 @@ def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
 
 
 # Reference: https://developers.shoptet.com/api/documentation/eshop-verification-using-oauth/
-@sensitive_variables("payload")
+@sensitive_variables("code", "payload", "token")
 def exchange_admin_code(*, oauth_url: str, code: str, redirect_uri: str) -> str:
     """Exchange a settings-page `#OAUTH_CODE#` for a short-lived `basic_eshop` token."""
     endpoint = "POST admin-oauth/token"

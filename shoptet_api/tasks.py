@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RETRIES = 5
+# Longest countdown a task retry may ask for (the Redis broker redelivers after an hour).
+MAX_RETRY_COUNTDOWN = 600.0
 
 
 def _active_eshop(eshop_id: int) -> Eshop | None:
@@ -60,9 +62,9 @@ def _run(task: Task[Any, Any], eshop_id: int, call: Callable[[], T]) -> T | None
             raise
         countdown = 2.0**task.request.retries * 5 * (0.5 + random.random())  # noqa: S311 (jitter)
         if isinstance(exc, ShoptetRateLimited) and exc.retry_after is not None:
-            countdown = max(
-                1.0, (exc.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
-            )
+            # Honour Retry-After, within reason: a far date would outlive the broker's visibility timeout.
+            wait = (exc.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
+            countdown = min(max(1.0, wait), MAX_RETRY_COUNTDOWN)
         logger.info(
             "eshop_id=%s: %s; retry %s in %.0f s",
             eshop_id,

@@ -33,13 +33,12 @@ import redis
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
-from addon_project.encryption import Secret, decrypt, encrypt
+from addon_project.encryption import DecryptionError, Secret, decrypt, encrypt
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
     ShoptetConnectionError,
-    ShoptetInvalidResponse,
     ShoptetMaxTokensReached,
     ShoptetOAuthError,
     ShoptetTimeoutError,
@@ -52,6 +51,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# getAccessToken 401s in a row before a tenant is suspended (see _mint).
+OAUTH_REJECTIONS_BEFORE_SUSPEND = 3
 # Shoptet's own cap; SHOPTET_TOKEN_CAP may only be lower.
 SHOPTET_MAX_VALID_TOKENS = 5
 
@@ -179,12 +180,21 @@ def _read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
     fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life"])
     if not fields[0] or not fields[1]:
         return None
-    return CachedToken(
-        token=decrypt(
+    try:
+        token = decrypt(
             fields[0].decode() if isinstance(fields[0], bytes) else str(fields[0])
-        ),
-        expires_at=float(fields[1]),
-        lifetime=float(fields[2] or fields[1]),
+        )
+    except DecryptionError:
+        # Encrypted under a key that has since left FIELD_ENCRYPTION_KEYS (rotation): a 30-minute
+        # token is not worth keeping; treat it as missing and renew.
+        logger.warning(
+            "eshop_id=%s: stored API token not decryptable with current keys; renewing",
+            eshop_id,
+        )
+        r.delete(token_key(eshop_id))
+        return None
+    return CachedToken(
+        token=token, expires_at=float(fields[1]), lifetime=float(fields[2] or fields[1])
     )
 
 
@@ -400,13 +410,14 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
         minted = _mint(eshop)
     except BaseException as exc:
         _note_failure(r, eshop_id, exc)
-        if isinstance(exc, ShoptetConnectionError | ShoptetInvalidResponse) and not (
+        refused = isinstance(exc, ShoptetOAuthError) or (
             isinstance(exc, ShoptetConnectionError) and not exc.request_sent
-        ):
-            # Shoptet may have minted a token we never received: keep the reservation (it
-            # expires with the token's lifetime).
+        )
+        if not refused:
+            # A lost answer, a gateway 5xx, a time limit mid-read: Shoptet may have minted a
+            # token we never received. Keep the reservation; it expires with the lifetime.
             raise
-        # A refusal, server error or a connection never made minted nothing: free the slot.
+        # A definite refusal (or a connection never made) minted nothing: free the slot.
         r.zrem(issued_key(eshop_id), pending)
         if isinstance(exc, ShoptetMaxTokensReached):
             # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
@@ -438,8 +449,18 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
         },
     )
     pipe.pexpireat(token_key(eshop_id), int(expires_at * 1000))
+    pipe.pexpireat(issued_key(eshop_id), int(expires_at * 1000) + 60_000)
     pipe.hset(health_key(eshop_id), mapping={"renewed_at": time.time(), "failures": 0})
-    pipe.execute()
+    try:
+        pipe.execute()
+    except redis.RedisError as exc:
+        # Redis failed after Shoptet minted: use the token from memory rather than letting the
+        # caller's Redis fallback mint another one.
+        logger.warning(
+            "eshop_id=%s: new API token not stored (%s); kept in memory",
+            eshop_id,
+            type(exc).__name__,
+        )
     _remember(eshop_id, cached)
     logger.info(
         "eshop_id=%s: new API token fp=%s expires_in=%ss",
@@ -577,12 +598,25 @@ def _mint(eshop: Eshop) -> ApiAccessToken:
         )
         raise
     except ShoptetOAuthError as exc:
-        if exc.status_code == 401:
-            # The OAuth token itself is refused: only a reinstall issues a new one.
+        # A 401 is ambiguous: a revoked installation, or our own misconfiguration (a wrong
+        # SHOPTET_OAUTH_URL would refuse every shop at once). Nothing is wiped for it: after
+        # OAUTH_REJECTIONS_BEFORE_SUSPEND refusals in a row the tenant is suspended (renewals
+        # stop; reversible), and operators see the failures in the console meanwhile.
+        if (
+            exc.status_code == 401
+            and _consecutive_failures(eshop.eshop_id) + 1
+            >= OAUTH_REJECTIONS_BEFORE_SUSPEND
+        ):
             eshop.transition(
-                eshop.Status.UNINSTALLED,
-                reason="getAccessToken: OAuth token rejected (401)",
+                eshop.Status.SUSPENDED,
+                reason=f"getAccessToken: OAuth token rejected (401) {OAUTH_REJECTIONS_BEFORE_SUSPEND} times in a row",
                 source="shoptet",
                 same_token=True,
             )
         raise
+
+
+def _consecutive_failures(eshop_id: int) -> int:
+    with contextlib.suppress(redis.RedisError):
+        return int(get_redis().hget(health_key(eshop_id), "failures") or 0)
+    return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import re
 from typing import Any
 
 from addon_project.encryption import Secret
@@ -13,6 +14,8 @@ logger = logging.getLogger(__name__)
 # Generous bounds: real OAuth tokens are ~255 chars, API tokens 38-60. Anything far beyond is
 # not a token and is refused instead of stored.
 MAX_TOKEN_LENGTH = 4096
+# An id sent as a string: ASCII digits, at most 19 (str.isdigit also accepts '²').
+_DIGITS = re.compile(r"[0-9]{1,19}")
 
 
 class ResponseShapeError(ValueError):
@@ -47,7 +50,7 @@ class OAuthGrant:
             raise ResponseShapeError("the body is not a JSON object")
         eshop_id = payload.get("eshopId")
         # Documented as an int; accept a numeric string too (and say so) rather than fail an install.
-        if isinstance(eshop_id, str) and eshop_id.isdigit():
+        if isinstance(eshop_id, str) and _DIGITS.fullmatch(eshop_id):
             logger.warning("token response: eshopId arrived as a string; accepted")
             eshop_id = int(eshop_id)
         if isinstance(eshop_id, bool) or not isinstance(eshop_id, int) or eshop_id <= 0:
@@ -113,7 +116,7 @@ class BasicEshop:
             raise ResponseShapeError("'data.project' is missing")
         project_id = project.get("id")
         # An int in the documented examples; a numeric string is accepted, nothing else.
-        if isinstance(project_id, str) and project_id.isdigit():
+        if isinstance(project_id, str) and _DIGITS.fullmatch(project_id):
             project_id = int(project_id)
         if isinstance(project_id, bool) or not isinstance(project_id, int):
             raise ResponseShapeError("'data.project.id' is not an integer")

@@ -26,8 +26,15 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import Eshop
+from shoptet_api.errors import (
+    AddonNotInstalled,
+    AddonSuspended,
+    ProcessingPaused,
+    ShoptetAPIError,
+)
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import refresh_eshop_details
 
@@ -245,7 +252,8 @@ def _store(
 def _enqueue(event_pk: int) -> None:
     from shoptet_api.tasks import process_webhook  # tasks import this module
 
-    process_webhook.delay(event_pk)
+    # Never on the request's clock: Shoptet waits 4 s; redeliver_webhooks covers a lost publish.
+    in_background(process_webhook.delay, event_pk)
 
 
 # --- Processing ----------------------------------------------------------------------------------
@@ -296,6 +304,14 @@ def process_event(event_pk: int) -> float | None:
             try:
                 with transaction.atomic():
                     event.result = handler(event)[:255]
+            except (AddonSuspended, AddonNotInstalled, ProcessingPaused) as exc:
+                # The tenant cannot use the API now; retrying would not help. A status change
+                # the client made went down with the savepoint: make it again out here.
+                _apply_verdict(event.eshop, exc)
+                event.status, event.result = (
+                    WebhookEvent.Status.IGNORED,
+                    f"skipped: {exc}"[:255],
+                )
             except (
                 Exception
             ) as exc:  # any handler bug must land in the inbox, not vanish
@@ -331,6 +347,24 @@ def process_event(event_pk: int) -> float | None:
             event.next_attempt_at = None
         event.save()
         return retry_in
+
+
+def _apply_verdict(eshop: Eshop, exc: ShoptetAPIError) -> None:
+    """Apply what Shoptet itself said about the installation (local refusals carry no status)."""
+    if exc.status_code is None:
+        return
+    if isinstance(exc, AddonSuspended):
+        eshop.transition(
+            Eshop.Status.SUSPENDED,
+            reason=f"{exc.endpoint}: {exc.error_code}",
+            source="shoptet",
+        )
+    elif isinstance(exc, AddonNotInstalled):
+        eshop.transition(
+            Eshop.Status.UNINSTALLED,
+            reason=f"{exc.endpoint}: {exc.error_code}",
+            source="shoptet",
+        )
 
 
 def replay(events: Any) -> int:

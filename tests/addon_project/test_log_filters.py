@@ -42,3 +42,18 @@ def test_filter_rewrites_formatted_records() -> None:
     assert RedactQuerySecrets().filter(record) is True
     assert "s3cret" not in record.getMessage()
     assert "code=[redacted]" in record.getMessage()
+
+
+def test_settings_session_is_redacted_too() -> None:
+    assert (
+        redact("GET /settings/page/?s=abc:def&saved=1")
+        == "GET /settings/page/?s=[redacted]&saved=1"
+    )
+
+
+def test_a_malformed_log_call_does_not_raise_at_the_caller() -> None:
+    record = logging.LogRecord(
+        "x", logging.WARNING, __file__, 1, "two %s %s", ("only-one",), None
+    )
+
+    assert RedactQuerySecrets().filter(record) is True

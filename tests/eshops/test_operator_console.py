@@ -614,3 +614,22 @@ def test_console_still_works_when_redis_is_unreachable(
     assert dashboard.context["token_trouble"] is None
     assert b"the token store (Redis) is unreachable" in dashboard.content
     assert notes == [f"{eshops[0]}: failed: token store unreachable (ConnectionError)"]
+
+
+def test_staff_who_may_only_view_events_cannot_replay_them(
+    client: Client, eshop_factory: Callable[..., Eshop]
+) -> None:
+    viewer = User.objects.create_user(
+        "viewer", password="x-long-enough-password", is_staff=True
+    )
+    viewer.user_permissions.add(Permission.objects.get(codename="view_webhookevent"))
+    dead = webhook_event(eshop_factory(), status=WebhookEvent.Status.DEAD)
+    client.force_login(viewer)
+
+    client.post(
+        "/admin/shoptet_api/webhookevent/",
+        {"action": "replay_selected", "_selected_action": [dead.pk]},
+    )
+
+    assert WebhookEvent.objects.get(pk=dead.pk).status == WebhookEvent.Status.DEAD
+    assert not OperatorAction.objects.exists()

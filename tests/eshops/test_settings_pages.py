@@ -375,3 +375,38 @@ def test_every_message_is_translated_and_compiled() -> None:
         assert len(compiled) == entries, (
             f"{language}: {entries - len(compiled)} message(s) untranslated or not compiled"
         )
+
+
+def test_a_session_ends_at_its_max_age_however_active_it_is(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    settings: Any,
+) -> None:
+    from eshops.decorators import SettingsSession
+
+    eshop = install()
+    session = SettingsSession.load(login(client, shoptet_settings, eshop))
+    assert session is not None
+    # Re-signed on every page, but still carrying the login time: an hour-old login is over.
+    old = SettingsSession(
+        session.eshop_id,
+        session.user_email,
+        session.user_name,
+        "en",
+        logged_in_at=session.logged_in_at - 3600,
+    )
+
+    response = client.get(PAGE, {"s": old.sign()})
+
+    assert response.status_code == 403
+    assert b"session has expired" in response.content
+
+
+@pytest.mark.parametrize("raw_id", ["\u00b2", "9" * 5000, "-1", "1.0"])
+def test_odd_eshop_ids_get_a_clear_400(
+    client: Client, shoptet_settings: ShoptetEmulator, raw_id: str
+) -> None:
+    response = client.get(ENTRY, {"eshopId": raw_id, "code": "x"})
+
+    assert response.status_code == 400

@@ -684,7 +684,7 @@ def test_oauth_server_lifecycle_answer_stops_calls_and_updates_the_tenant(
     assert sleeps.call_count == 0
 
 
-def test_revoked_oauth_token_marks_the_tenant_uninstalled(
+def test_a_refused_oauth_token_is_not_retried_and_wipes_nothing(
     shoptet_settings: ShoptetEmulator,
     api: ShoptetClient,
     installed_eshop: Eshop,
@@ -700,7 +700,10 @@ def test_revoked_oauth_token_marks_the_tenant_uninstalled(
     assert type(caught.value) is ShoptetOAuthError
     assert caught.value.status_code == 401
     assert answered(shoptet_settings, GET_ACCESS_TOKEN, expect=1) == [401]
-    assert Eshop.objects.get(pk=installed_eshop.pk).status == Eshop.Status.UNINSTALLED
+    # One 401 may be our own misconfiguration: the tenant and its token stay.
+    stored = Eshop.objects.get(pk=installed_eshop.pk)
+    assert stored.status == Eshop.Status.ACTIVE
+    assert stored.oauth_access_token == oauth_token
     assert oauth_token not in str(caught.value)
     assert oauth_token not in repr(caught.value)
     assert sleeps.call_count == 0

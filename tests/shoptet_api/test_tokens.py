@@ -3,6 +3,7 @@ margins, lifecycle answers and a Redis outage in the middle of a run."""
 
 from __future__ import annotations
 
+import io
 import logging
 import shutil
 import socket
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 import redis
+from django.core.management import call_command
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
@@ -242,18 +244,50 @@ def test_oauth_server_lifecycle_answers_change_the_tenant_status(
     assert "getAccessToken" in eshop.status_reason
 
 
-def test_revoked_oauth_token_marks_the_tenant_uninstalled(
+def test_repeated_oauth_token_refusals_suspend_the_tenant_without_wiping_it(
     shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
 ) -> None:
     eshop = install()
+    oauth_token = eshop.oauth_access_token
     shoptet_settings.revoke_oauth_token(eshop.eshop_id)
 
-    with pytest.raises(ShoptetOAuthError) as excinfo:
-        tokens.get_api_access_token(eshop)
+    statuses = []
+    for _ in range(tokens.OAUTH_REJECTIONS_BEFORE_SUSPEND):
+        with pytest.raises(ShoptetOAuthError) as excinfo:
+            tokens.get_api_access_token(eshop)
+        assert excinfo.value.status_code == 401
+        statuses.append(Eshop.objects.get(pk=eshop.pk).status)
 
-    assert excinfo.value.status_code == 401
+    assert statuses == [Eshop.Status.ACTIVE] * (
+        tokens.OAUTH_REJECTIONS_BEFORE_SUSPEND - 1
+    ) + [Eshop.Status.SUSPENDED]
+    stored = Eshop.objects.get(pk=eshop.pk)
+    assert stored.oauth_access_token == oauth_token  # reversible: nothing was wiped
+    assert "401" in stored.status_reason
+    assert (
+        tokens.token_health(eshop.eshop_id)["failures"]
+        == tokens.OAUTH_REJECTIONS_BEFORE_SUSPEND
+    )
+
+
+def test_a_token_encrypted_under_a_retired_key_is_renewed_not_fatal(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop], settings: Any
+) -> None:
+    from cryptography.fernet import Fernet
+
+    eshop = install()
+    old_token = tokens.get_api_access_token(eshop)
+    new_key = Fernet.generate_key().decode()
+    settings.FIELD_ENCRYPTION_KEYS = [new_key, *settings.FIELD_ENCRYPTION_KEYS]
+    call_command("reencrypt_secrets", stdout=io.StringIO())
+    settings.FIELD_ENCRYPTION_KEYS = [
+        new_key
+    ]  # the README's rotation: the old key is gone
+    tokens.clear_process_cache()
     eshop.refresh_from_db()
-    assert eshop.status == Eshop.Status.UNINSTALLED
+
+    assert tokens.get_api_access_token(eshop) != old_token
+    assert minted(shoptet_settings, eshop) == 2
 
 
 def test_answer_about_a_replaced_oauth_token_does_not_change_the_tenant(

@@ -31,7 +31,7 @@ from pytest_django.live_server_helper import LiveServer
 
 from eshops.models import Eshop, EshopTransition
 from oauth.services import install_addon
-from shoptet_api import provisioning, tasks, webhooks
+from shoptet_api import provisioning, tasks, tokens, webhooks
 from shoptet_api.client import ShoptetClient
 from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.models import WebhookEvent
@@ -1140,3 +1140,24 @@ def test_no_secret_appears_in_logs(
     for name, secret in secrets.items():
         assert secret is not None
         assert secret not in logged, f"the {name} appears in the logs"
+
+
+def test_a_handler_that_finds_the_addon_suspended_suspends_the_tenant_and_settles(
+    client: Client, installed: Eshop, shoptet_settings: ShoptetEmulator
+) -> None:
+    tokens.clear_process_cache()
+    tokens.forget_tokens(
+        installed.eshop_id
+    )  # the next API call must ask getAccessToken
+    shoptet_settings.set_addon_state(installed.eshop_id, "suspended")
+    body, signature = signed(shoptet_settings, installed, "eshop:projectDomain")
+    post(client, body, signature)
+    row = WebhookEvent.objects.get()
+
+    assert webhooks.process_event(row.pk) is None
+
+    row.refresh_from_db()
+    assert row.status == WebhookEvent.Status.IGNORED
+    assert row.result.startswith("skipped:")
+    # The status change made inside the failed handler survived its rollback.
+    assert Eshop.objects.get(pk=installed.pk).status == Eshop.Status.SUSPENDED
