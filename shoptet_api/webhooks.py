@@ -29,11 +29,13 @@ from django.views.decorators.http import require_POST
 from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import Eshop
+from shoptet_api import tokens
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
     ProcessingPaused,
     ShoptetAPIError,
+    ShoptetOAuthError,
 )
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import refresh_eshop_details
@@ -385,8 +387,36 @@ def replay(events: Any) -> int:
 # --- Built-in handlers: the addon lifecycle and the e-shop's domain --------------------------------
 
 
+# Moves that cannot be undone by a later event. When such an event was authenticated only by its
+# source network (unsigned), Shoptet's OAuth server must confirm it first: the network is shared
+# by every partner's addon, and an unsigned body does not say which addon it is about.
+IRREVERSIBLE = {Eshop.Status.TERMINATED, Eshop.Status.UNINSTALLED}
+
+
+def _installation_gone(eshop: Eshop) -> bool:
+    """Ask getAccessToken whether the installation still exists (mints one token if it does)."""
+    try:
+        tokens.renew_if_expiring(eshop, within=float("inf"))
+    except AddonNotInstalled:
+        return True
+    except ShoptetOAuthError as exc:
+        return exc.status_code == 401
+    return False
+
+
 def _lifecycle(to: str) -> Handler:
     def handle(event: WebhookEvent) -> str:
+        if (
+            to in IRREVERSIBLE
+            and event.verified_by == "network"
+            and not _installation_gone(event.eshop)
+        ):
+            logger.warning(
+                "unsigned %s for eshop_id=%s not confirmed by Shoptet; ignored",
+                event.event,
+                event.eshop.eshop_id,
+            )
+            return "not applied: Shoptet still issues tokens for this installation"
         moved = event.eshop.transition(
             to,
             reason=f"webhook {event.event}",

@@ -1161,3 +1161,31 @@ def test_a_handler_that_finds_the_addon_suspended_suspends_the_tenant_and_settle
     assert row.result.startswith("skipped:")
     # The status change made inside the failed handler survived its rollback.
     assert Eshop.objects.get(pk=installed.pk).status == Eshop.Status.SUSPENDED
+
+
+@pytest.mark.parametrize(
+    ("addon_state", "expected"),
+    [("active", Eshop.Status.ACTIVE), ("not_installed", Eshop.Status.UNINSTALLED)],
+)
+def test_an_unsigned_uninstall_is_applied_only_when_shoptet_confirms_it(
+    client: Client,
+    installed: Eshop,
+    shoptet_settings: ShoptetEmulator,
+    addon_state: str,
+    expected: str,
+) -> None:
+    # The source network is shared by every partner's addon: it proves Shoptet sent it, not
+    # which addon it is about. getAccessToken is asked before an irreversible move.
+    shoptet_settings.set_addon_state(installed.eshop_id, addon_state)  # type: ignore[arg-type]
+    created = after_install(installed, 5).strftime("%Y-%m-%dT%H:%M:%S%z")
+    body = json.dumps(
+        payload(installed.eshop_id, event="addon:uninstall", eventCreated=created)
+    ).encode()
+    response = post(client, body, REMOTE_ADDR=SHOPTET_NETWORK_ADDRESS)
+    row = WebhookEvent.objects.get()
+
+    webhooks.process_event(row.pk)
+
+    assert response.status_code == 200
+    assert row.verified_by == "network"
+    assert Eshop.objects.get(pk=installed.pk).status == expected
