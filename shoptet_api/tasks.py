@@ -33,6 +33,8 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_RETRIES = 5
+# Most post-install setups one sweep re-enqueues.
+PENDING_SETUP_BATCH = 1000
 # Longest countdown a task retry may ask for (the Redis broker redelivers after an hour).
 MAX_RETRY_COUNTDOWN = 600.0
 
@@ -87,12 +89,17 @@ def post_install(self: Task[Any, Any], eshop_id: int) -> None:
 
 @shared_task(name="shoptet_api.complete_pending_installs")
 def complete_pending_installs() -> int:
-    """Re-enqueue post-install setup that never ran (the broker was down at install time)."""
+    """Re-enqueue post-install setup that never ran or failed (broker down, Shoptet errors).
+
+    Newest installs first, so a few shops whose setup keeps failing (a permission Shoptet
+    refuses, a mistyped webhook event) cannot crowd out fresh ones; their failures are logged by
+    post_install each time and they stay visible as pending in the operator dashboard.
+    """
     cutoff = timezone.now() - dt.timedelta(minutes=2)
     pending = list(
-        Eshop.objects.pending_setup(before=cutoff).values_list("eshop_id", flat=True)[
-            :1000
-        ]
+        Eshop.objects.pending_setup(before=cutoff)
+        .order_by("-last_installed_at")
+        .values_list("eshop_id", flat=True)[:PENDING_SETUP_BATCH]
     )
     for eshop_id in pending:
         post_install.delay(eshop_id)
