@@ -129,7 +129,7 @@ def token_cap() -> int:
     return max(1, min(int(settings.SHOPTET_TOKEN_CAP), SHOPTET_MAX_VALID_TOKENS))
 
 
-def fingerprint(token: str) -> str:
+def fingerprint_of(token: str) -> str:
     """A short irreversible id for a token: safe in Redis, logs and comparisons."""
     return hashlib.sha256(token.encode()).hexdigest()[:20]
 
@@ -241,10 +241,10 @@ def renew_if_expiring(eshop: Eshop, *, within: float) -> bool:
 
 def invalidate_api_token(eshop: Eshop, token: str) -> None:
     """Drop `token` after Shoptet rejected it, unless another process already replaced it."""
-    fp = fingerprint(token)
+    fp = fingerprint_of(token)
     with _memory_lock:
         cached = _memory.get(eshop.eshop_id)
-        if cached and fingerprint(cached.token) == fp:
+        if cached and fingerprint_of(cached.token) == fp:
             del _memory[eshop.eshop_id]
     try:
         r = get_redis()
@@ -435,7 +435,7 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
         expires_at=expires_at,
         lifetime=float(minted.expires_in),
     )
-    fp = fingerprint(minted.access_token)
+    fp = fingerprint_of(minted.access_token)
     pipe = r.pipeline(transaction=True)
     pipe.zrem(issued_key(eshop_id), pending)
     pipe.zadd(issued_key(eshop_id), {fp: expires_at})
