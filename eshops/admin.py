@@ -15,13 +15,13 @@ from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.views.main import ChangeList
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.utils import timezone
 from kombu.exceptions import OperationalError as BrokerError
 
-from eshops.models import Eshop, EshopTransition, OperatorAction
+from eshops.models import SETUP_DONE, Eshop, EshopTransition, OperatorAction
 from shoptet_api import tokens
 from shoptet_api.errors import ShoptetAPIError
 from shoptet_api.tasks import sync_eshop_webhooks
@@ -92,40 +92,37 @@ def _record(request: HttpRequest, eshop_id: int, action: str, detail: str) -> No
     )
 
 
-class MissingRightsFilter(admin.SimpleListFilter):
+class YesNoFilter(admin.SimpleListFilter):
+    """A yes/no list filter on one condition (`condition`, with the labels in `labels`)."""
+
+    condition: Q
+    labels: tuple[str, str]
+
+    def lookups(
+        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
+    ) -> list[tuple[str, str]]:
+        return [("yes", self.labels[0]), ("no", self.labels[1])]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(self.condition)
+        if self.value() == "no":
+            return queryset.exclude(self.condition)
+        return queryset
+
+
+class MissingRightsFilter(YesNoFilter):
     title = "missing rights"
     parameter_name = "missing_rights"
-
-    def lookups(
-        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
-    ) -> list[tuple[str, str]]:
-        return [("yes", "Some endpoints refused"), ("no", "None refused")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        if self.value() == "yes":
-            return queryset.exclude(missing_rights={})
-        if self.value() == "no":
-            return queryset.filter(missing_rights={})
-        return queryset
+    condition = ~Q(missing_rights={})
+    labels = ("Some endpoints refused", "None refused")
 
 
-class SetupCompletedFilter(admin.SimpleListFilter):
+class SetupCompletedFilter(YesNoFilter):
     title = "setup completed"
     parameter_name = "setup_completed"
-
-    def lookups(
-        self, request: HttpRequest, model_admin: admin.ModelAdmin[Any]
-    ) -> list[tuple[str, str]]:
-        return [("yes", "Yes, for the latest install"), ("no", "No")]
-
-    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
-        # The same rule as EshopQuerySet.pending_setup, without its status and age conditions.
-        completed = Q(setup_completed_at__gte=F("last_installed_at"))
-        if self.value() == "yes":
-            return queryset.filter(completed)
-        if self.value() == "no":
-            return queryset.exclude(completed)
-        return queryset
+    condition = SETUP_DONE
+    labels = ("Yes, for the latest install", "No")
 
 
 class EshopTransitionInline(admin.TabularInline[EshopTransition, Eshop]):
@@ -245,10 +242,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
 
     @admin.display(boolean=True, description="setup done")
     def setup_completed(self, obj: Eshop) -> bool:
-        return (
-            obj.setup_completed_at is not None
-            and obj.setup_completed_at >= obj.last_installed_at
-        )
+        return obj.setup_done
 
     @admin.display(description="token expires in")
     def token_expires_in(self, obj: Eshop) -> str:

@@ -14,6 +14,10 @@ from addon_project.encryption import EncryptedTextField
 logger = logging.getLogger(__name__)
 
 
+# Post-install setup finished for the latest (re)install.
+SETUP_DONE = models.Q(setup_completed_at__gte=models.F("last_installed_at"))
+
+
 class EshopQuerySet(models.QuerySet["Eshop"]):
     def active(self) -> EshopQuerySet:
         return self.filter(status=Eshop.Status.ACTIVE)
@@ -36,10 +40,9 @@ class EshopQuerySet(models.QuerySet["Eshop"]):
         return (
             self.active()
             .filter(last_installed_at__lt=before)
-            .filter(
-                models.Q(setup_completed_at__isnull=True)
-                | models.Q(setup_completed_at__lt=models.F("last_installed_at"))
-            )
+            .exclude(
+                SETUP_DONE
+            )  # exclude() also keeps rows whose setup_completed_at is NULL
         )
 
 
@@ -213,6 +216,14 @@ class Eshop(models.Model):
         ):
             setattr(self, field, getattr(locked, field))
         return moved
+
+    @property
+    def setup_done(self) -> bool:
+        """The object-level form of SETUP_DONE."""
+        return (
+            self.setup_completed_at is not None
+            and self.setup_completed_at >= self.last_installed_at
+        )
 
     @property
     def can_call_api(self) -> bool:
