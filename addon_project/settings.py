@@ -68,6 +68,8 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "axes",
     "eshops",
     "oauth",
     "shoptet_api",
@@ -75,12 +77,23 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    # Right after SecurityMiddleware (its HTTPS redirect and headers apply to static files too).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a lockout signalled during authentication into a response.
+    "axes.middleware.AxesMiddleware",
+]
+
+# Admin login lockout (django-axes). AxesStandaloneBackend first: it refuses a locked-out username or
+# address before the password is even checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
 ]
 
 ROOT_URLCONF = "addon_project.urls"
@@ -136,6 +149,19 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
 
+# django-axes: after AXES_FAILURE_LIMIT failed logins for one username, or from one address, further
+# attempts are refused for AXES_COOLOFF_HOURS (an unknown username locks the same way, so the answer
+# tells nothing about which accounts exist). Operators unlock in the admin (Axes › Access attempts) or
+# with `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`.
+AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
+AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "addon_project.client_ip.client_ip"
+AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
+# Axes would log every attempt with the username at INFO; failures are logged by us, once.
+AXES_VERBOSE = False
+
 LANGUAGE_CODE = "en"
 # The settings pages speak the Shoptet admin's language (#LANGUAGE#).
 LANGUAGES = [
@@ -150,7 +176,23 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "staticfiles"
+# Development and tests serve the apps' static directories as they are (WhiteNoise's finders);
+# production runs `manage.py collectstatic` first and serves STATIC_ROOT with compressed copies and
+# content-hashed names (cached for a year by browsers and proxies). A missing collectstatic there is
+# loud: pages that name a static file fail instead of silently serving unhashed files.
+STATIC_FILES_UNCOLLECTED = DEBUG or env_strict_bool(
+    "STATIC_FILES_UNCOLLECTED", default=False
+)
+STATIC_ROOT = None if STATIC_FILES_UNCOLLECTED else BASE_DIR / "staticfiles"
+WHITENOISE_USE_FINDERS = STATIC_FILES_UNCOLLECTED
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if STATIC_FILES_UNCOLLECTED
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
 
 # Security: production defaults are strict; DEBUG relaxes only what a laptop needs.
 # Behind a TLS-terminating proxy, X-Forwarded-Proto tells Django the request was https.

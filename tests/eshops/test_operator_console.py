@@ -511,11 +511,11 @@ def test_replaying_webhooks_records_an_operator_action_per_eshop(
 def test_dashboard_is_for_staff_who_may_view_tenants(client: Client) -> None:
     User.objects.create_user("merchant", password="pw")
     anonymous = client.get("/admin/dashboard/")
-    client.login(username="merchant", password="pw")
+    client.force_login(User.objects.get(username="merchant"))
     not_staff = client.get("/admin/dashboard/")
 
     User.objects.create_user("helpdesk", password="pw", is_staff=True)
-    client.login(username="helpdesk", password="pw")
+    client.force_login(User.objects.get(username="helpdesk"))
     staff_without_tenant_access = client.get("/admin/dashboard/")
 
     for response in (anonymous, not_staff):
