@@ -15,9 +15,12 @@ django_stubs_ext.monkeypatch()
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
-env = environ.Env()
 # A .env file is optional; real environment variables override it.
 environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
+env = environ.Env()
+# `NAME=` (as in a copied .env.example) means "use the default", never "the empty string": an empty
+# SECRET_KEY must not beat the development default, an empty number must not be a parse error.
+env.ENVIRON = {name: value for name, value in os.environ.items() if value.strip()}
 
 
 def env_strict_bool(name: str, *, default: bool) -> bool:
