@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run web worker beat emulator test lint format typecheck migrations-check messages ci clean
+.PHONY: install run web worker beat emulator test smoke lint format typecheck migrations-check messages ci clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@$(PYTHON) -c 'import sys; sys.exit("Python >= 3.11 is required, found " + sys.version.split()[0]) if sys.version_info < (3, 11) else None'
@@ -33,6 +33,11 @@ emulator: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# Production smoke run: a fresh virtualenv from requirements.txt alone, DEBUG unset, gunicorn + worker +
+# beat + emulator; an install, a processed webhook, admin CSS, /readyz, /metrics (scripts/smoke.py).
+smoke:
+	$(PYTHON) scripts/smoke.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
