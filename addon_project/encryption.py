@@ -1,6 +1,6 @@
 """Secrets at rest: MultiFernet over FIELD_ENCRYPTION_KEYS (newest first) and a model field on top.
 
-Why our own field (DESIGN.md): django-cryptography cannot be imported on Django 5, and the maintained
+Why our own field: django-cryptography cannot be imported on Django 5, and the maintained
 alternatives return ciphertext on a wrong key. Here a value that no configured key can decrypt raises
 `DecryptionError`; nothing ever hands `gAAAA…` to Shoptet as if it were a token.
 """

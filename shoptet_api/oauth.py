@@ -115,7 +115,7 @@ def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
 
 # --- Settings-page admin login, on the *customer* e-shop's OAuthServer --------------------------
 # The base URL comes from /api/eshop urls[ident=oauth] of the installation the settings URL names,
-# never from the request (STYLE.md §4).
+# never from the request (a URL from the request would send our credentials wherever it points).
 
 
 # Reference: https://developers.shoptet.com/api/documentation/eshop-verification-using-oauth/

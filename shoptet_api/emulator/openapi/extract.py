@@ -9,7 +9,7 @@ next to it. The copy is verbatim apart from YAML → JSON (status codes become s
 Regenerate after updating the reference copy::
 
     .venv/bin/python shoptet_api/emulator/openapi/extract.py \
-        ../shared/reference/shoptet-openapi.yaml
+        path/to/shoptet-openapi.yaml   # Shoptet's openapi/openapi.yaml
 
 It refuses to write when a chosen error answer stops using the schema most documented
 errors share, because the emulator validates its undocumented errors (401, 429, 503)
