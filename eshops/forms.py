@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
 from django.utils.translation import gettext_lazy as _
 
@@ -17,6 +19,15 @@ class EshopSettingsForm(forms.ModelForm[EshopSettings]):
             "sync_interval_minutes": _("Synchronisation interval (minutes)"),
             "notification_email": _("Notification e-mail"),
         }
+        help_texts = {
+            "sync_interval_minutes": _("From 5 to 1440 minutes (one day)."),
+            "notification_email": _("Leave empty if you want no e-mails."),
+        }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # The browser's number spinner keeps to the range the server accepts.
+        self.fields["sync_interval_minutes"].widget.attrs.update(min=5, max=1440)
 
     def clean_sync_interval_minutes(self) -> int:
         value = int(self.cleaned_data["sync_interval_minutes"])

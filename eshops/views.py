@@ -7,6 +7,7 @@ code leaves the address bar at once. The page never sets a cookie.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 from typing import Any
@@ -17,14 +18,16 @@ from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
-from django.utils import translation
+from django.utils import timezone, translation
 from django.utils.http import urlencode
 from django.utils.translation import gettext_lazy as _
 from django.views.decorators.cache import never_cache
 from django.views.decorators.clickjacking import xframe_options_exempt
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
+from django_stubs_ext import StrOrPromise
 
+from addon_project import logging_context
 from eshops.decorators import (
     LANGUAGES,
     SettingsRequest,
@@ -81,8 +84,29 @@ def frame_ancestors(eshop: Eshop | None) -> str:
     return " ".join(dict.fromkeys(sources)) or "'none'"
 
 
+def content_security_policy(eshop: Eshop | None) -> str:
+    """The pages load nothing but our own stylesheet: no scripts, no inline styles, no other hosts.
+
+    `frame-ancestors` comes first (the part that decides where the page may be shown)."""
+    styles = ["'self'"]
+    static = urlsplit(settings.STATIC_URL)
+    if (
+        static.scheme in ("https", "http") and static.netloc
+    ):  # static files on another host
+        styles.append(f"{static.scheme}://{static.netloc}")
+    return "; ".join(
+        [
+            f"frame-ancestors {frame_ancestors(eshop)}",
+            "default-src 'none'",
+            f"style-src {' '.join(styles)}",
+            "form-action 'self'",
+            "base-uri 'none'",
+        ]
+    )
+
+
 def _iframe_headers(response: HttpResponse, eshop: Eshop | None) -> HttpResponse:
-    response["Content-Security-Policy"] = f"frame-ancestors {frame_ancestors(eshop)}"
+    response["Content-Security-Policy"] = content_security_policy(eshop)
     # The session token is in the URL: never hand it to another site in a Referer. Not
     # "no-referrer": with it browsers send `Origin: null` on the page's own form posts.
     response["Referrer-Policy"] = "same-origin"
@@ -116,6 +140,7 @@ def settings_entry(request: HttpRequest) -> HttpResponse:
     ).first()
     if eshop is None:
         return error_page(request, 403, "not_installed", language=language)
+    logging_context.bind(eshop_id=eshop.eshop_id)
     try:
         identity = _login(request, eshop, code)
     except ShoptetOAuthError as exc:
@@ -172,6 +197,7 @@ def _login(request: HttpRequest, eshop: Eshop, code: str) -> BasicEshop:
 def settings_page(request: SettingsRequest) -> HttpResponse:
     """The shop's addon settings and its status panel."""
     eshop, session = request.eshop, request.settings_session
+    logging_context.bind(eshop_id=eshop.eshop_id)
     if request.method == "POST" and not _same_origin(request):
         return error_page(request, 403, "origin", language=session.language)
     current, _created = EshopSettings.objects.get_or_create(eshop=eshop)
@@ -226,8 +252,34 @@ def _save(form: EshopSettingsForm, eshop: Eshop, session: SettingsSession) -> No
     )
 
 
+# How the last webhook's state reads to a merchant, and the colour of its badge. Our own words
+# (the inbox's status labels are written for operators).
+WEBHOOK_STATES: dict[str, tuple[StrOrPromise, str]] = {
+    WebhookEvent.Status.RECEIVED: (_("Waiting to be processed"), "info"),
+    WebhookEvent.Status.PROCESSED: (_("Processed"), "ok"),
+    WebhookEvent.Status.IGNORED: (_("Nothing to do"), "neutral"),
+    WebhookEvent.Status.FAILED: (_("Failed, will be retried"), "warn"),
+    WebhookEvent.Status.DEAD: (_("Failed"), "error"),
+}
+
+
+def _from_epoch(value: float | None) -> datetime.datetime | None:
+    return (
+        None if value is None else datetime.datetime.fromtimestamp(value, datetime.UTC)
+    )
+
+
+def _parse_time(value: object) -> datetime.datetime | None:
+    try:
+        return datetime.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
 def status_panel(eshop: Eshop) -> dict[str, Any]:
-    """Installation state, token health, the last webhook and the endpoints Shoptet refused."""
+    """Installation state, token health, the last webhook and the endpoints Shoptet refused.
+
+    Times are datetimes (the template shows them as "in 29 minutes" in the page's language)."""
     try:
         health: dict[str, Any] | None = tokens.token_health(eshop.eshop_id)
     except Exception:  # Redis down must not take the settings page with it
@@ -235,11 +287,31 @@ def status_panel(eshop: Eshop) -> dict[str, Any]:
             "settings page: token health unavailable for eshop_id=%s", eshop.eshop_id
         )
         health = None
+    api_token: dict[str, Any] | None = None
+    if health is not None:
+        expires_in = health["expires_in"]
+        api_token = {
+            "failures": health["failures"],
+            "expires_at": None
+            if expires_in is None
+            else timezone.now() + datetime.timedelta(seconds=expires_in),
+            "renewed_at": _from_epoch(health["renewed_at"]),
+            "failed_at": _from_epoch(health["last_error_at"]),
+        }
     last_webhook = (
         WebhookEvent.objects.filter(eshop=eshop).order_by("-received_at").first()
     )
+    webhook_state = (
+        WEBHOOK_STATES.get(last_webhook.status, (last_webhook.status, "neutral"))
+        if last_webhook
+        else None
+    )
     return {
-        "token_health": health,
+        "api_token": api_token,
         "last_webhook": last_webhook,
-        "missing_rights": sorted(eshop.missing_rights),
+        "webhook_state": webhook_state,
+        "missing_rights": [
+            (endpoint, _parse_time(refused_at))
+            for endpoint, refused_at in sorted(eshop.missing_rights.items())
+        ],
     }

@@ -3,22 +3,31 @@ isolation, languages, iframe headers."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import gettext
+import re
+import time
 from collections.abc import Callable
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 from unittest import mock
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import redis
 from django.core import signing
 from django.test import Client
+from django.utils import timezone
 
-from eshops.decorators import SALT
+from eshops.decorators import SALT, SettingsSession
 from eshops.models import Eshop, EshopSettings, SettingsChange
+from eshops.views import content_security_policy
 from oauth.services import install_addon
-from shoptet_api import provisioning
+from shoptet_api import provisioning, tokens
 from shoptet_api.emulator import ShoptetEmulator
+from shoptet_api.models import WebhookEvent
 from shoptet_api.types import BasicEshop
 
 pytestmark = pytest.mark.django_db
@@ -383,8 +392,6 @@ def test_a_session_ends_at_its_max_age_however_active_it_is(
     install: Callable[[], Eshop],
     settings: Any,
 ) -> None:
-    from eshops.decorators import SettingsSession
-
     eshop = install()
     session = SettingsSession.load(login(client, shoptet_settings, eshop))
     assert session is not None
@@ -410,3 +417,218 @@ def test_odd_eshop_ids_get_a_clear_400(
     response = client.get(ENTRY, {"eshopId": raw_id, "code": "x"})
 
     assert response.status_code == 400
+
+
+def receive_webhook(eshop: Eshop, *, status: str, hours_ago: int = 0) -> WebhookEvent:
+    """An inbox row as the receiver stores it, in the given state."""
+    event = WebhookEvent.objects.create(
+        eshop=eshop,
+        event="order:create",
+        event_instance="2026000123",
+        event_created=timezone.now(),
+        dedup_key=f"{eshop.eshop_id}-{status}-{hours_ago}",
+        raw_body="{}",
+        verified_by="signature",
+        status=status,
+    )
+    if hours_ago:
+        WebhookEvent.objects.filter(pk=event.pk).update(
+            received_at=timezone.now() - datetime.timedelta(hours=hours_ago)
+        )
+    return event
+
+
+def parse_csp(header: str) -> dict[str, str]:
+    return dict(
+        directive.strip().split(" ", 1)
+        for directive in header.split(";")
+        if directive.strip()
+    )
+
+
+def test_page_is_styled_by_its_own_stylesheet_under_a_strict_csp(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    session = login(client, shoptet_settings, eshop)
+
+    page = client.get(PAGE, {"s": session})
+    error = client.get(ENTRY, {})
+
+    for response in (page, error):
+        html = response.content.decode()
+        # No inline style anywhere: the CSP allows only the stylesheet file.
+        assert "<style" not in html
+        assert " style=" not in html
+        csp = parse_csp(response["Content-Security-Policy"])
+        assert csp["default-src"] == "'none'"
+        assert csp["style-src"] == "'self'"
+        assert csp["form-action"] == "'self'"
+        assert csp["base-uri"] == "'none'"
+        assert "unsafe-inline" not in response["Content-Security-Policy"]
+        links = re.findall(r'<link rel="stylesheet" href="([^"]+)">', html)
+        assert links == ["/static/eshops/settings.css"]
+    stylesheet = client.get(links[0])
+    assert stylesheet.status_code == 200
+    assert stylesheet["Content-Type"].startswith("text/css")
+    assert b".badge-ok" in b"".join(stylesheet.streaming_content)  # type: ignore[attr-defined]
+
+
+def test_csp_allows_static_files_served_from_another_host(settings: Any) -> None:
+    settings.STATIC_URL = "https://static.example.net/addon/"
+
+    csp = parse_csp(content_security_policy(None))
+
+    assert csp["style-src"] == "'self' https://static.example.net"
+    assert csp["default-src"] == "'none'"
+
+
+@pytest.mark.parametrize(
+    ("lang", "expires"),
+    [
+        ("cs", r"token vyprší za \d+\s+minut"),
+        ("sk", r"token vyprší o \d+\s+minút"),
+        ("hu", r"a token \d+\s+perc múlva lejár"),
+        ("en", r"token expires \d+\s+minutes from now"),
+    ],
+)
+def test_status_panel_tells_times_in_words_of_the_page_language(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    lang: str,
+    expires: str,
+) -> None:
+    eshop = install()
+    tokens.get_api_access_token(eshop)  # the emulator's tokens live 30 minutes
+    receive_webhook(eshop, status=WebhookEvent.Status.PROCESSED, hours_ago=2)
+    session = login(client, shoptet_settings, eshop, lang=lang)
+
+    html = client.get(PAGE, {"s": session}).content.decode()
+
+    api_access = re.search(r'<dd id="api-access">(.*?)</dd>', html, re.S)
+    assert api_access is not None
+    assert re.search(expires, api_access.group(1)), api_access.group(1)
+    assert not re.search(r"\d+ s\b", api_access.group(1))  # no raw seconds
+    last_webhook = re.search(r'<dd id="last-webhook">(.*?)</dd>', html, re.S)
+    assert last_webhook is not None
+    two_hours_ago = {
+        "cs": r"před 2\s+hodinami",
+        "sk": r"pred 2\s+hodinami",
+        "hu": r"2\s+órája",
+        "en": r"2\s+hours ago",
+    }[lang]
+    assert re.search(two_hours_ago, last_webhook.group(1)), last_webhook.group(1)
+
+
+class _VisibleText(HTMLParser):
+    """The text a merchant reads: text nodes and the attributes shown as text, minus <code>
+    (endpoints and event names are data) and the form's own values."""
+
+    SHOWN_ATTRIBUTES = frozenset({"title", "placeholder", "aria-label", "alt"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self._in_code = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self._in_code += tag == "code"
+        self.parts += [v for k, v in attrs if k in self.SHOWN_ATTRIBUTES and v]
+
+    def handle_endtag(self, tag: str) -> None:
+        self._in_code -= tag == "code"
+
+    def handle_data(self, data: str) -> None:
+        if not self._in_code:
+            self.parts.append(data)
+
+
+def visible_words(html: str) -> set[str]:
+    parser = _VisibleText()
+    parser.feed(html)
+    return set(re.findall(r"[^\W\d_]{3,}", " ".join(parser.parts)))
+
+
+# Words that read the same in English and in Czech: names, not untranslated text.
+SAME_IN_EVERY_LANGUAGE = {"API", "Shoptet", "webhook", "token", "mail", "UTC"}
+
+
+def _page_state(
+    eshop: Eshop, state: str, stack: contextlib.ExitStack
+) -> dict[str, str] | None:
+    """Put the e-shop into `state`; the form to post, if the state is a refused form."""
+    eshop.record_missing_right("GET /api/orders")
+    if state.startswith("webhook-"):
+        tokens.get_api_access_token(eshop)
+        receive_webhook(eshop, status=state.removeprefix("webhook-"), hours_ago=3)
+    elif state == "paused-idle":
+        Eshop.objects.filter(pk=eshop.pk).update(processing_paused_at=timezone.now())
+        tokens.forget_tokens(eshop.eshop_id)
+    elif state == "renewals-failing":
+        health = {
+            "expires_in": None,
+            "valid_tokens": 0,
+            "cap": 5,
+            "renewed_at": None,
+            "failures": 3,
+            "last_error": "ShoptetServerError: 503",
+            "last_error_at": time.time() - 120,
+        }
+        stack.enter_context(
+            mock.patch("eshops.views.tokens.token_health", return_value=health)
+        )
+    elif state == "redis-down":
+        stack.enter_context(
+            mock.patch(
+                "eshops.views.tokens.token_health",
+                side_effect=redis.ConnectionError("down"),
+            )
+        )
+    elif state == "form-errors":
+        return {"sync_interval_minutes": "1", "notification_email": "not-an-email"}
+    elif state == "form-required":
+        return {"sync_interval_minutes": "", "notification_email": ""}
+    return None
+
+
+@pytest.mark.parametrize(
+    "state",
+    [f"webhook-{status}" for status in WebhookEvent.Status.values]
+    + ["paused-idle", "renewals-failing", "redis-down", "form-errors", "form-required"],
+)
+def test_czech_page_has_no_english_left(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    state: str,
+) -> None:
+    """Every word on the Czech page that also appears on the English page, other than data and
+    names, is a string someone forgot to translate (a label, a status name, a form error)."""
+    eshop = install()
+    pages = {}
+    with contextlib.ExitStack() as stack:
+        form = _page_state(eshop, state, stack)
+        for lang in ("en", "cs"):
+            session = login(client, shoptet_settings, eshop, lang=lang)
+            if form is None:
+                response = client.get(PAGE, {"s": session})
+            else:
+                response = client.post(PAGE, {"s": session, **form})
+            assert response.status_code == 200
+            pages[lang] = response.content.decode()
+    signed_in = SettingsSession.load(session)
+    assert signed_in is not None
+    data = visible_words(
+        " ".join([eshop.name, eshop.url, signed_in.user_name, signed_in.user_email])
+    )
+
+    untranslated = (
+        (visible_words(pages["en"]) & visible_words(pages["cs"]))
+        - SAME_IN_EVERY_LANGUAGE
+        - data
+    )
+
+    assert untranslated == set(), (
+        f"English left on the Czech page: {sorted(untranslated)}"
+    )
