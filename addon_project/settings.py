@@ -166,6 +166,8 @@ AXES_LOCKOUT_TEMPLATE = "admin/locked_out.html"
 AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en"
+# English pages (the operators' admin) show times as 2026-12-01 04:15:09 UTC.
+FORMAT_MODULE_PATH = ["addon_project.formats"]
 # The settings pages speak the Shoptet admin's language (#LANGUAGE#).
 LANGUAGES = [
     ("cs", "Čeština"),
@@ -381,6 +383,8 @@ CELERY_TASK_PUBLISH_RETRY_POLICY = {
 }
 CELERY_TASK_ALWAYS_EAGER = env_strict_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    # The operator dashboard shows this heartbeat's age (eshops/tasks.py).
+    "beat-heartbeat": {"task": "eshops.beat_heartbeat", "schedule": 30.0},
     "renew-expiring-tokens": {
         "task": "shoptet_api.renew_expiring_tokens",
         "schedule": SHOPTET_TOKEN_SWEEP_INTERVAL,

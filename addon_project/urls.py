@@ -3,11 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from addon_project import health
+from addon_project import health, pages
 from eshops import dashboard
 from shoptet_api import webhooks
 
 urlpatterns = [
+    path("", pages.home, name="home"),
+    path("favicon.ico", pages.favicon, name="favicon"),
     path("admin/dashboard/", dashboard.dashboard, name="operator-dashboard"),
     path("admin/", admin.site.urls),
     path("oauth/", include("oauth.urls")),

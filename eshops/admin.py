@@ -13,18 +13,38 @@ from typing import Any
 import redis
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
+from django.contrib.admin.utils import unquote
 from django.contrib.admin.views.main import ChangeList
+from django.core.exceptions import PermissionDenied
 from django.db import transaction
 from django.db.models import Q, QuerySet
-from django.http import HttpRequest
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBase,
+    HttpResponseNotAllowed,
+    HttpResponseRedirect,
+)
 from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
 from django.utils import timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
 from kombu.exceptions import OperationalError as BrokerError
 
 from eshops.models import SETUP_DONE, Eshop, EshopTransition, OperatorAction
+from eshops.templatetags.console import format_utc
 from shoptet_api import tokens
 from shoptet_api.errors import ShoptetAPIError
+from shoptet_api.models import WebhookEvent
 from shoptet_api.tasks import sync_eshop_webhooks
+
+admin.site.site_header = "Shoptet addon platform — operators"
+admin.site.site_title = "Shoptet addon platform — operators"
+admin.site.index_title = "Operations"
+# "View site" opens the service's own start page (addon_project/pages.py).
+admin.site.site_url = "/"
 
 SECRET_FIELDS = [
     "oauth_access_token",
@@ -38,6 +58,16 @@ RENEW_NOW_LIMIT = 20
 FORCE_RENEWAL = 10**9
 
 UNKNOWN = "unknown"
+# Webhook events listed on a tenant's page; the rest are one click away in the inbox.
+RECENT_EVENTS = 10
+# Actions a tenant's page offers as buttons: (action name, button label, for a destructive one).
+TENANT_ACTIONS = {
+    "renew_api_token_now": "Renew API token now",
+    "reregister_webhooks": "Re-register webhooks",
+    "suspend_processing": "Pause processing",
+    "resume_processing": "Resume processing",
+    "purge_uninstalled_tenants": "Purge…",
+}
 # Per-row cache of tokens.token_health in the instance's __dict__ (None: Redis down).
 _HEALTH = "_operator_token_health"
 
@@ -77,6 +107,37 @@ def _format_expires_in(seconds: int | None) -> str:
     if seconds <= 0:
         return "expired"
     return f"{seconds} s" if seconds < 120 else f"{seconds // 60} min"
+
+
+def _iso_to_utc(value: Any) -> str:
+    try:
+        return format_utc(dt.datetime.fromisoformat(str(value)))
+    except ValueError:
+        return str(value)
+
+
+def _table(headers: list[str], rows: list[tuple[str, ...]]) -> SafeString:
+    """A small HTML table for a read-only field; every cell is escaped."""
+    return format_html(
+        '<table class="console-table"><thead><tr>{}</tr></thead><tbody>{}</tbody></table>',
+        format_html_join("", '<th scope="col">{}</th>', ((h,) for h in headers)),
+        format_html_join(
+            "",
+            "<tr>{}</tr>",
+            (
+                (format_html_join("", "<td>{}</td>", ((cell,) for cell in row)),)
+                for row in rows
+            ),
+        ),
+    )
+
+
+def _webhook_events_url(eshop: Eshop) -> str:
+    """The webhook inbox filtered to one tenant."""
+    return (
+        reverse("admin:shoptet_api_webhookevent_changelist")
+        + f"?eshop__id__exact={eshop.pk}"
+    )
 
 
 def _operator(request: HttpRequest) -> str:
@@ -157,21 +218,19 @@ class EshopTransitionInline(admin.TabularInline[EshopTransition, Eshop]):
 
 @admin.register(Eshop)
 class EshopAdmin(admin.ModelAdmin[Eshop]):
+    # What an operator scans for at 1366 px: identity, state, and the three token-health columns.
+    # URL, trial, install times and the pause details are on the tenant's page.
     list_display = [
         "eshop_id",
         "name",
-        "url",
-        "status",
-        "processing_paused_at",
-        "trial",
-        "installed_at",
-        "uninstalled_at",
+        "state",
         "setup_completed",
         "token_expires_in",
         "token_renewed_at",
         "token_failures",
         "missing_rights_summary",
     ]
+    list_display_links = ["eshop_id", "name"]
     list_filter = [
         "status",
         "trial",
@@ -181,7 +240,65 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     search_fields = ["=eshop_id", "name", "url", "contact_email"]
     # `exclude` keeps the encrypted fields out of forms, change views and history diffs.
     exclude = SECRET_FIELDS
-    # Everything is read-only: it changes through installs, webhooks and audited actions only.
+    # Everything is read-only (see has_change_permission): it changes through installs, webhooks
+    # and the audited actions only.
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "eshop_id",
+                    "name",
+                    "url",
+                    "contact_email",
+                    "state",
+                    "status_reason",
+                    "status_changed_at",
+                    "processing_paused_at",
+                    "processing_paused_by",
+                    "trial",
+                ]
+            },
+        ),
+        (
+            "API access",
+            {
+                "fields": [
+                    "token_health_summary",
+                    "has_oauth_token",
+                    "oauth_token_received_at",
+                    "missing_rights_table",
+                ]
+            },
+        ),
+        (
+            "Webhooks",
+            {
+                "fields": [
+                    "webhooks_table",
+                    "recent_webhook_events",
+                    "has_signature_key",
+                    "signature_key_renewed_at",
+                ]
+            },
+        ),
+        (
+            "Installation",
+            {
+                "fields": [
+                    "installed_at",
+                    "last_installed_at",
+                    "install_count",
+                    "setup_completed_at",
+                    "lifecycle_event_at",
+                    "uninstalled_at",
+                    "admin_oauth_url",
+                    "created_at",
+                    "updated_at",
+                ]
+            },
+        ),
+    ]
     readonly_fields = [
         "processing_paused_at",
         "processing_paused_by",
@@ -194,8 +311,10 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         "status_reason",
         "status_changed_at",
         "trial",
-        "missing_rights",
-        "webhooks",
+        "state",
+        "missing_rights_table",
+        "webhooks_table",
+        "recent_webhook_events",
         "has_oauth_token",
         "has_signature_key",
         "token_health_summary",
@@ -230,7 +349,166 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
             _prefetch_token_health(changelist.result_list)
         return changelist
 
+    def has_change_permission(
+        self, request: HttpRequest, obj: Eshop | None = None
+    ) -> bool:
+        # A tenant's page is read-only (no form to save, no Save buttons): what changes goes through
+        # the audited actions, which need the model's change permission (asked without `obj`).
+        if obj is not None:
+            return False
+        return super().has_change_permission(request)
+
+    def get_urls(self) -> list[URLPattern]:
+        return [
+            path(
+                "<path:object_id>/actions/<str:action>/",
+                self.admin_site.admin_view(self.tenant_action_view),
+                name="eshops_eshop_tenant_action",
+            ),
+            *super().get_urls(),
+        ]
+
+    def tenant_action_view(
+        self, request: HttpRequest, object_id: str, action: str
+    ) -> HttpResponseBase:
+        """Run one list action on one tenant, from a button on its page (POST, CSRF-checked)."""
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        chosen = self.get_actions(request).get(action)
+        if action not in TENANT_ACTIONS or chosen is None:
+            # Unknown here, or not allowed for this operator (the actions' own permissions).
+            raise PermissionDenied
+        eshop = self.get_object(request, unquote(object_id))
+        if eshop is None:
+            raise Http404("No such e-shop.")
+        func = chosen[0]
+        # django-stubs types an action's result as str; ours return None or a response.
+        response: object = func(
+            self, request, self.get_queryset(request).filter(pk=eshop.pk)
+        )
+        if isinstance(response, HttpResponseBase):
+            return response  # the purge confirmation page; it posts back here
+        if Eshop.objects.filter(pk=eshop.pk).exists():
+            return HttpResponseRedirect(
+                reverse("admin:eshops_eshop_change", args=[eshop.pk])
+            )
+        return HttpResponseRedirect(reverse("admin:eshops_eshop_changelist"))
+
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        eshop = self.get_object(request, unquote(object_id))
+        context = dict(extra_context or {})
+        if eshop is not None:
+            context["tenant_actions"] = self._tenant_actions(request, eshop)
+            context["webhook_events_url"] = _webhook_events_url(eshop)
+        return super().change_view(request, object_id, form_url, context)
+
+    def _tenant_actions(
+        self, request: HttpRequest, eshop: Eshop
+    ) -> list[dict[str, Any]]:
+        """The buttons that apply to `eshop` now and that this operator may use."""
+        allowed = self.get_actions(request)
+        active = eshop.status == Eshop.Status.ACTIVE
+        paused = eshop.processing_paused_at is not None
+        applies = {
+            "renew_api_token_now": active,
+            "reregister_webhooks": active,
+            "suspend_processing": not paused,
+            "resume_processing": paused,
+            "purge_uninstalled_tenants": eshop.status == Eshop.Status.UNINSTALLED,
+        }
+        return [
+            {
+                "name": name,
+                "label": label,
+                "description": description,
+                "danger": name == "purge_uninstalled_tenants",
+                "url": reverse(
+                    "admin:eshops_eshop_tenant_action", args=[eshop.pk, name]
+                ),
+            }
+            for name, label in TENANT_ACTIONS.items()
+            if applies[name] and (action := allowed.get(name)) is not None
+            for description in [action[2]]
+        ]
+
     # --- Columns -----------------------------------------------------------------------------
+
+    @admin.display(description="status", ordering="status")
+    def state(self, obj: Eshop) -> str:
+        # An operator's pause is not Shoptet's lifecycle, but a paused shop must not read "Active".
+        label = str(obj.get_status_display())
+        return f"{label} · paused" if obj.processing_paused_at else label
+
+    @admin.display(description="missing rights")
+    def missing_rights_table(self, obj: Eshop) -> SafeString | str:
+        if not obj.missing_rights:
+            return "none: every endpoint called so far was allowed"
+        return _table(
+            ["Endpoint", "Refused at"],
+            [
+                (endpoint, _iso_to_utc(refused_at))
+                for endpoint, refused_at in sorted(obj.missing_rights.items())
+            ],
+        )
+
+    @admin.display(description="registered webhooks")
+    def webhooks_table(self, obj: Eshop) -> SafeString | str:
+        if not obj.webhooks:
+            return "none registered"
+        return _table(
+            ["Event", "Shoptet webhook id"],
+            [(event, str(hook_id)) for event, hook_id in sorted(obj.webhooks.items())],
+        )
+
+    @admin.display(description="recent webhook events")
+    def recent_webhook_events(self, obj: Eshop) -> SafeString | str:
+        events = list(
+            WebhookEvent.objects.filter(eshop=obj)
+            .order_by("-received_at", "-id")
+            .values(
+                "id",
+                "received_at",
+                "event",
+                "event_created",
+                "status",
+                "attempts",
+                "last_error",
+            )[:RECENT_EVENTS]
+        )
+        if not events:
+            return "none received"
+        table = _table(
+            [
+                "Received",
+                "Event",
+                "Created at Shoptet",
+                "Status",
+                "Attempts",
+                "Last error",
+            ],
+            [
+                (
+                    format_utc(event["received_at"]),
+                    event["event"],
+                    format_utc(event["event_created"]),
+                    event["status"],
+                    str(event["attempts"]),
+                    event["last_error"][:120],
+                )
+                for event in events
+            ],
+        )
+        return format_html(
+            '{}<p><a href="{}">All webhook events of this e-shop</a></p>',
+            table,
+            _webhook_events_url(obj),
+        )
 
     @admin.display(boolean=True, description="OAuth token stored")
     def has_oauth_token(self, obj: Eshop) -> bool:
@@ -279,14 +557,14 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         lines = [
             f"expires in: {_format_expires_in(health['expires_in'])}",
             f"valid tokens: {health['valid_tokens']} of {health['cap']}",
-            f"last renewal: {renewed_at.isoformat() if renewed_at else 'never'}",
+            f"last renewal: {format_utc(renewed_at, empty='never')}",
             f"consecutive renewal failures: {health['failures']}",
         ]
         if health["last_error"]:
             # Exception texts from the Shoptet seam never carry a token (shoptet_api/errors.py).
             lines.append(
                 f"last error: {health['last_error']}"
-                + (f" at {error_at.isoformat()}" if error_at else "")
+                + (f" at {format_utc(error_at)}" if error_at else "")
             )
         return "\n".join(lines)
 

@@ -1,8 +1,15 @@
-"""The operators' dashboard: tenant and webhook health on one admin page (staff only)."""
+"""The operators' dashboard: services, 24-hour charts, tenant and webhook health on one admin page
+(staff only).
+
+Its database queries and Redis round trips do not grow with the number of tenants: counts are
+aggregated in SQL, lists are capped at LIST_LIMIT, and Redis is read in pipelines.
+"""
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -10,14 +17,19 @@ import redis
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count
+from django.db.models import Count, Exists, OuterRef
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
 
-from eshops.admin import read_token_health
+from addon_project import activity
+from addon_project.celery import app as celery_app
+from addon_project.redis_client import get_redis
+from eshops.charts import Series, hourly_chart
 from eshops.models import Eshop, EshopTransition, OperatorAction
+from eshops.tasks import HEARTBEAT_STALE_AFTER, heartbeat_key
+from eshops.templatetags.console import format_utc
 from shoptet_api import tokens
 from shoptet_api.models import WebhookEvent
 
@@ -35,7 +47,33 @@ LOST_STATUSES = [
     Eshop.Status.TERMINATED,
     Eshop.Status.UNINSTALLED,
 ]
-PIPELINE_BATCH = 1000
+# The page waits at most this long for workers to answer a ping.
+WORKER_PING_TIMEOUT = 0.5
+
+logger = logging.getLogger(__name__)
+
+# (title, [(activity event, legend label, colour)]) of the 24-hour charts.
+CHARTS = [
+    (
+        "Webhooks per hour",
+        [
+            ("webhooks_received", "received", "#2563eb"),
+            ("webhooks_processed", "processed", "#16a34a"),
+            ("webhooks_failed", "failed", "#dc2626"),
+        ],
+    ),
+    (
+        "Shoptet API calls per hour",
+        [("api_calls", "API calls", "#2563eb"), ("api_429", "429 answers", "#dc2626")],
+    ),
+    (
+        "API token renewals per hour",
+        [
+            ("token_renewals", "renewals", "#16a34a"),
+            ("token_failures", "failures", "#dc2626"),
+        ],
+    ),
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +82,22 @@ class FeedItem:
     kind: str
     eshop_id: int
     summary: str
+
+
+@dataclass(frozen=True)
+class ServiceStatus:
+    """One line of the services panel; `ok` is None when it could not be checked."""
+
+    name: str
+    ok: bool | None
+    summary: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Chart:
+    title: str
+    svg: str
 
 
 @dataclass(frozen=True)
@@ -73,6 +127,8 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
         {
             **admin.site.each_context(request),
             "title": "Operator dashboard",
+            "services": service_status(),
+            "charts": activity_charts(now=now),
             "eshop_changelist": reverse("admin:eshops_eshop_changelist"),
             "tenants_by_status": count_by_status(
                 Eshop.objects.all(), Eshop.Status.choices
@@ -105,6 +161,106 @@ def count_by_status(
     return [(value, label, counts.get(value, 0)) for value, label in choices]
 
 
+def service_status() -> list[ServiceStatus]:
+    """Redis (ping), the Celery workers (a broadcast ping, WORKER_PING_TIMEOUT) and beat (its heartbeat)."""
+    try:
+        pipe = get_redis().pipeline(transaction=False)
+        pipe.ping()
+        pipe.get(heartbeat_key())
+        _, beat_at = pipe.execute()
+    except redis.RedisError as exc:
+        unreachable = f"Redis unreachable ({type(exc).__name__})"
+        return [
+            ServiceStatus("Redis", ok=False, summary=unreachable),
+            ServiceStatus("Worker", ok=None, summary="unknown: the broker is Redis"),
+            ServiceStatus(
+                "Beat", ok=None, summary="unknown: its heartbeat is in Redis"
+            ),
+        ]
+    return [
+        ServiceStatus("Redis", ok=True, summary="answers PING"),
+        _worker_status(),
+        _beat_status(beat_at),
+    ]
+
+
+def _worker_status() -> ServiceStatus:
+    try:
+        replies = celery_app.control.ping(timeout=WORKER_PING_TIMEOUT)
+    except (
+        Exception
+    ) as exc:  # a broker's errors vary by transport; the page must still render
+        logger.warning("dashboard: worker ping failed: %s", type(exc).__name__)
+        return ServiceStatus(
+            "Worker", ok=None, summary=f"ping failed ({type(exc).__name__})"
+        )
+    names = sorted(name for reply in replies or [] for name in reply)
+    if not names:
+        return ServiceStatus(
+            "Worker",
+            ok=False,
+            summary=f"no worker answered within {WORKER_PING_TIMEOUT} s",
+        )
+    return ServiceStatus(
+        "Worker",
+        ok=True,
+        summary=f"{len(names)} answered",
+        detail=", ".join(names[:LIST_LIMIT]),
+    )
+
+
+def _beat_status(beat_at: bytes | None) -> ServiceStatus:
+    if beat_at is None:
+        return ServiceStatus(
+            "Beat",
+            ok=False,
+            summary="no heartbeat recorded (beat or worker not running)",
+        )
+    at = dt.datetime.fromtimestamp(float(beat_at), tz=dt.UTC)
+    age = max(0, round(time.time() - float(beat_at)))
+    stale = age > HEARTBEAT_STALE_AFTER
+    return ServiceStatus(
+        "Beat",
+        ok=not stale,
+        summary=f"heartbeat {_age(age)} ago" + (" — stale" if stale else ""),
+        detail=format_utc(at),
+    )
+
+
+def _age(seconds: int) -> str:
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    return f"{seconds // 3600} h"
+
+
+def activity_charts(*, now: dt.datetime) -> list[Chart] | None:
+    """The 24-hour charts from `addon_project.activity` (one Redis pipeline); None if Redis is down."""
+    events = [event for _, lines in CHARTS for event, _, _ in lines]
+    try:
+        hours, counts = activity.hourly(events, hours=24, now=now)
+    except redis.RedisError as exc:
+        logger.warning(
+            "dashboard: activity counters unreadable: %s", type(exc).__name__
+        )
+        return None
+    return [
+        Chart(
+            title=title,
+            svg=hourly_chart(
+                title=f"{title}, last 24 hours (UTC)",
+                hours=hours,
+                series=[
+                    Series(label=label, values=counts[event], color=color)
+                    for event, label, color in lines
+                ],
+            ),
+        )
+        for title, lines in CHARTS
+    ]
+
+
 def tenants_with_token_failures() -> list[TokenTrouble] | None:
     """Tenants whose latest API-token renewals failed, most failures first; None if Redis is down."""
     eshop_ids = list(
@@ -114,24 +270,27 @@ def tenants_with_token_failures() -> list[TokenTrouble] | None:
     )
     try:
         failing = list(tokens.renewal_failures(eshop_ids).items())
+        failing.sort(key=lambda pair: (-pair[1], pair[0]))
+        failing = failing[:LIST_LIMIT]
+        pipe = get_redis().pipeline(transaction=False)
+        for eshop_id, _ in failing:
+            pipe.hmget(tokens.health_key(eshop_id), ["last_error", "last_error_at"])
+        details = pipe.execute() if failing else []
     except redis.RedisError:
         return None
-    failing.sort(key=lambda pair: (-pair[1], pair[0]))
-    trouble = []
-    for eshop_id, failures in failing[:LIST_LIMIT]:
-        health = read_token_health(eshop_id) or {}
-        error_at = health.get("last_error_at")
-        trouble.append(
-            TokenTrouble(
-                eshop_id=eshop_id,
-                failures=failures,
-                last_error=health.get("last_error") or "",
-                last_error_at=dt.datetime.fromtimestamp(error_at, tz=dt.UTC)
-                if error_at
-                else None,
-            )
+    return [
+        TokenTrouble(
+            eshop_id=eshop_id,
+            failures=failures,
+            last_error=last_error.decode() if last_error else "",
+            last_error_at=dt.datetime.fromtimestamp(float(error_at), tz=dt.UTC)
+            if error_at
+            else None,
         )
-    return trouble
+        for (eshop_id, failures), (last_error, error_at) in zip(
+            failing, details, strict=True
+        )
+    ]
 
 
 def recent_failures(*, limit: int) -> list[FeedItem]:
@@ -159,7 +318,16 @@ def recent_failures(*, limit: int) -> list[FeedItem]:
             summary=f"{move['from_status'] or 'new'} -> {move['to_status']} by "
             f"{move['actor'] or move['source']}: {move['reason']}",
         )
-        for move in EshopTransition.objects.filter(to_status__in=LOST_STATUSES).values(
+        # Only a tenant's latest move: a suspend that a later approve reversed is no failure now.
+        for move in EshopTransition.objects.filter(to_status__in=LOST_STATUSES)
+        .exclude(
+            Exists(
+                EshopTransition.objects.filter(
+                    eshop=OuterRef("eshop"), id__gt=OuterRef("id")
+                )
+            )
+        )
+        .values(
             "created_at",
             "eshop__eshop_id",
             "from_status",
