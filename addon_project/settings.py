@@ -366,6 +366,8 @@ NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 
 # Celery
 CELERY_BROKER_URL = REDIS_URL
+# Instances sharing one Redis database need a queue each (else one's worker runs the other's tasks).
+CELERY_TASK_DEFAULT_QUEUE = env.str("CELERY_TASK_DEFAULT_QUEUE", default="celery")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ACKS_LATE = True

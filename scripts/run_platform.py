@@ -3,13 +3,22 @@
 Starts the Shoptet emulator, the web server, a Celery worker and beat; migrates the SQLite default
 database; creates a demo operator; installs a demo e-shop through the emulator exactly as Shoptet
 would (install code → our callback → code exchange); then prints where to look.
+
+Ctrl-C, `kill -TERM` and a closed terminal (SIGHUP) all stop every child; on Linux the children
+also die when this runner is killed outright. One instance per database: a second `make run` on
+the same database is refused, naming the running one (a lock file next to the database, held with
+flock for the runner's lifetime, so the kernel releases it however the runner ends).
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,14 +27,20 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
+
+import environ
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 WEB_PORT = int(os.environ.get("WEB_PORT", "8000"))
 EMULATOR_PORT = int(os.environ.get("EMULATOR_PORT", "8765"))
 REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# Passed to every child explicitly, like REDIS_URL: the database this runner locks is the one they use.
+DATABASE_URL = os.environ.get("DATABASE_URL") or f"sqlite:///{ROOT / 'db.sqlite3'}"
 OPERATOR = "operator"
 
 WEB = f"http://127.0.0.1:{WEB_PORT}"
@@ -43,6 +58,7 @@ def child_env() -> dict[str, str]:
         {
             "DEBUG": "true",
             "REDIS_URL": REDIS_URL,
+            "DATABASE_URL": DATABASE_URL,
             "SHOPTET_ALLOW_HTTP": "true",
             "SHOPTET_CLIENT_ID": "demo-client-id",
             "SHOPTET_CLIENT_SECRET": "demo-client-secret",
@@ -69,12 +85,225 @@ def check_redis() -> None:
         )
 
 
-def check_port_free(port: int, what: str, variable: str) -> None:
-    with socket.socket() as sock:
-        if sock.connect_ex(("127.0.0.1", port)) == 0:
-            fail(
-                f"port {port} is already in use; stop what runs there or set {variable} for the {what}."
-            )
+class Stopped(Exception):
+    """SIGTERM or SIGHUP arrived: stop everything, exactly as Ctrl-C does."""
+
+
+def on_stop_signal(signum: int, frame: FrameType | None) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
+def say(message: str) -> None:
+    """Print, even when the terminal is gone (SIGHUP): stopping must not fail on the way."""
+    with contextlib.suppress(OSError):
+        print(message, flush=True)
+
+
+# ---- One instance per database -----------------------------------------------------------------
+
+
+def lock_path() -> Path:
+    """Where the instance lock lives: next to the SQLite file, else in the clone."""
+    config = environ.Env.db_url_config(DATABASE_URL)
+    name = str(config.get("NAME") or "")
+    if config["ENGINE"] == "django.db.backends.sqlite3" and name not in (
+        "",
+        ":memory:",
+    ):
+        database = (ROOT / name).resolve()
+        return database.with_name(f"{database.name}.run.lock")
+    return ROOT / ".run-platform.lock"
+
+
+def hold_instance_lock() -> int:
+    """Take the instance lock for this process's lifetime (the returned fd stays open), or refuse.
+
+    flock is released by the kernel when the process ends, however it ends: no stale locks. The
+    file says who holds it, for the message a second instance prints.
+    """
+    path = lock_path()
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        fail(f"cannot open the instance lock {path}: {exc.strerror}")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode(errors="replace")
+        os.close(fd)
+        fail(refusal(holder, path))
+    os.ftruncate(fd, 0)
+    os.write(
+        fd,
+        json.dumps(
+            {"pid": os.getpid(), "web_port": WEB_PORT, "emulator_port": EMULATOR_PORT}
+        ).encode(),
+    )
+    return fd
+
+
+def refusal(holder: str, path: Path) -> str:
+    try:
+        running = json.loads(holder)
+        who = (
+            f"PID {int(running['pid'])}, web server {int(running['web_port'])}, "
+            f"emulator {int(running['emulator_port'])}"
+        )
+        stop = f"press Ctrl-C in its terminal or `kill {int(running['pid'])}`"
+    except (ValueError, KeyError, TypeError):
+        who, stop = "just starting", "stop it"
+    return (
+        f"another `make run` is already running on this database ({who}).\n"
+        "  A second one would share its database, Celery queue and Redis keys (and reset its operator\n"
+        f"  password). Use that one, or {stop} first. (Lock: {path})"
+    )
+
+
+# ---- Who holds a port ------------------------------------------------------------------------------
+
+
+def our_role(args: list[str]) -> str | None:
+    """Which part of `make run` a command line is, or None when it is not one of ours."""
+    if "manage.py" in {Path(arg).name for arg in args}:
+        if "runserver" in args:
+            return "web server"
+        if "shoptet_emulator" in args:
+            return "emulator"
+    if any(Path(arg).name == "celery" for arg in args) and "addon_project" in args:
+        if "worker" in args:
+            return "worker"
+        if "beat" in args:
+            return "beat"
+    return None
+
+
+def read_args(pid: int) -> list[str]:
+    raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0") if arg]
+
+
+def ours(pid: int) -> str | None:
+    """The role of a process of this clone's `make run`, or None (not ours, or cannot tell)."""
+    try:
+        if Path(f"/proc/{pid}/cwd").readlink() != ROOT:
+            return None
+        return our_role(read_args(pid))
+    except OSError:
+        return None
+
+
+def parent_of(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    # The command name (field 2) may hold spaces and parentheses: split after the last ")".
+    return int(stat.rsplit(")", 1)[1].split()[1])
+
+
+def port_holders(port: int) -> list[int] | None:
+    """PIDs with a socket listening on `port` (Linux /proc); None when that cannot be told."""
+    inodes: set[str] = set()
+    tables = [Path("/proc/net/tcp"), Path("/proc/net/tcp6")]
+    if not any(table.exists() for table in tables):
+        return None
+    for table in tables:
+        try:
+            rows = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local_address is HEX_IP:HEX_PORT; state 0A is LISTEN; field 9 is the socket inode.
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(f"socket:[{fields[9]}]")
+    holders = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if any(str(fd.readlink()) in inodes for fd in (entry / "fd").iterdir()):
+                holders.append(int(entry.name))
+        except OSError:  # gone meanwhile, or another user's process
+            continue
+    return sorted(holders) or None
+
+
+def leftovers() -> list[tuple[int, str]]:
+    """Processes of an earlier `make run` from this clone whose runner is gone: (pid, role)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        pid = int(entry.name)
+        try:
+            # Only the children the runner started (each leads its own process group); a
+            # worker's pool processes go with their group.
+            if os.getpgid(pid) != pid or is_runner(parent_of(pid)):
+                continue
+        except (OSError, ValueError, IndexError):
+            continue
+        role = ours(pid)
+        if role:
+            found.append((pid, role))
+    return sorted(found)
+
+
+def is_runner(pid: int) -> bool:
+    try:
+        return any(Path(arg).name == "run_platform.py" for arg in read_args(pid))
+    except OSError:
+        return False
+
+
+def port_in_use(port: int, what: str, variable: str) -> str:
+    """Why `port` cannot be used, naming the process that holds it when it can be told."""
+    advice = f"stop it or set {variable} for the {what}"
+    holders = port_holders(port)
+    if holders is None:
+        return f"port {port} is already in use (could not tell by which process); {advice}."
+    pid = holders[0]
+    role = ours(pid)
+    if role is None:
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            name = "?"
+        # Only the program name: another program's command line may carry its secrets.
+        return f"port {port} is in use by PID {pid} ({name}), not by this platform; {advice}."
+    command = " ".join(read_args(pid))
+    try:
+        runner = parent_of(pid)
+    except (OSError, ValueError, IndexError):
+        runner = 0
+    if runner and is_runner(runner):
+        return (
+            f"port {port} is used by the {role} of another `make run` from this clone "
+            f"(runner PID {runner}, {role} PID {pid}); stop that one or set {variable}."
+        )
+    return (
+        f"port {port} is held by PID {pid} ({command}),\n"
+        f"  the {role} left over from an earlier `make run` in this clone (its runner is gone); {advice}."
+    )
+
+
+def check_ports_free() -> None:
+    problems = []
+    for port, what, variable in (
+        (WEB_PORT, "web server", "WEB_PORT"),
+        (EMULATOR_PORT, "emulator", "EMULATOR_PORT"),
+    ):
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                problems.append(port_in_use(port, what, variable))
+    if not problems:
+        return
+    left = leftovers()
+    if left:
+        listed = ", ".join(f"{pid} ({role})" for pid, role in left)
+        pids = " ".join(str(pid) for pid, _ in left)
+        problems.append(
+            f"Leftovers of an earlier `make run` in this clone: PID {listed}.\n"
+            f"  Stop them all with: kill {pids}"
+        )
+    fail("\nrun: ".join(problems))
 
 
 def manage(*args: str, extra_env: dict[str, str] | None = None) -> None:
@@ -117,16 +346,40 @@ def check_children(processes: dict[str, subprocess.Popen[bytes]]) -> None:
             )
 
 
+def die_with_runner() -> Callable[[], None] | None:
+    """A preexec_fn that makes a child get SIGTERM when this runner dies, even by SIGKILL (Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(
+        None, use_errno=True
+    )  # loaded here: the forked child should do little
+    runner = os.getpid()
+    pr_set_pdeathsig = 1
+
+    def preexec() -> None:
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        if os.getppid() != runner:  # the runner died before prctl took effect
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
+def signal_group(pgid: int, signum: signal.Signals) -> None:
+    """Signal a child's whole process group (a worker's pool processes too); gone is fine."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
 def stop_all(processes: dict[str, subprocess.Popen[bytes]]) -> None:
     for process in processes.values():
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+        signal_group(process.pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     for process in processes.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
+        # A hung child, or what it left behind in its group, goes now.
+        signal_group(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def deliver(eshop_id: int, event: str, instance: str) -> int:
@@ -179,17 +432,35 @@ def demo_webhooks(eshop_id: int, processes: dict[str, subprocess.Popen[bytes]]) 
 
 def main() -> None:
     os.chdir(ROOT)
+    # From here on, a kill or a closed terminal stops everything the way Ctrl-C does.
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, on_stop_signal)
+    processes: dict[str, subprocess.Popen[bytes]] = {}
+    beat_dir = tempfile.mkdtemp(prefix="shoptet-beat-")
+    try:
+        run(processes, beat_dir)
+    except KeyboardInterrupt:
+        say("\nrun: stopping (Ctrl-C)")
+    except Stopped as stop:
+        say(f"\nrun: stopping ({stop})")
+    finally:
+        # Nothing interrupts the stop itself; it is bounded (SIGKILL after 10 s).
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
+        stop_all(processes)
+        shutil.rmtree(beat_dir, ignore_errors=True)
+
+
+def run(processes: dict[str, subprocess.Popen[bytes]], beat_dir: str) -> None:
+    hold_instance_lock()
     check_redis()
-    check_port_free(WEB_PORT, "web server", "WEB_PORT")
-    check_port_free(EMULATOR_PORT, "emulator", "EMULATOR_PORT")
+    check_ports_free()
 
     print("run: migrating the database")
     manage("migrate", "--no-input", "-v", "0")
     password = secrets.token_urlsafe(12)
     # A fresh password each run, passed through the environment (never on a command line).
     manage("ensure_operator", OPERATOR, extra_env={"OPERATOR_PASSWORD": password})
-    processes: dict[str, subprocess.Popen[bytes]] = {}
-    beat_dir = tempfile.mkdtemp(prefix="shoptet-beat-")
     commands = {
         "emulator": [
             PYTHON,
@@ -229,48 +500,54 @@ def main() -> None:
             str(Path(beat_dir) / "celerybeat-schedule"),
         ],
     }
-    try:
-        for name, command in commands.items():
-            # A new session: Ctrl-C reaches only this script, which then stops the children in order.
-            processes[name] = subprocess.Popen(
-                command, cwd=ROOT, env=child_env(), start_new_session=True
-            )
-        wait_for(f"{EMULATOR}/_emulator/stats", processes)
-        wait_for(f"{WEB}/healthz", processes)
-
-        # Shoptet's side of an install: the emulator issues a code and calls our install URL.
-        status, body = http("POST", f"{EMULATOR}/_emulator/install", {"callback": True})
-        issued = json.loads(body) if status == 200 else {}
-        if issued.get("callbackStatus") != 200:
-            fail(
-                f"the demo install failed: emulator HTTP {status}, our callback answered {issued.get('callbackStatus')}"
-            )
-        eshop_id = issued["eshopId"]
-        demo_webhooks(eshop_id, processes)
-        print(
-            "\n"
-            "================================================================\n"
-            f"  Platform is up. Demo e-shop {eshop_id} installed through the emulator;\n"
-            "  a signed eshop:projectDomain webhook and addon:suspend / addon:approve arrived.\n"
-            f"  Admin:     {WEB}/admin/   (login: {OPERATOR} / {password})\n"
-            f"  Tenants:   {WEB}/admin/eshops/eshop/  (open the e-shop: its lifecycle transitions)\n"
-            f"  Webhooks:  {WEB}/admin/shoptet_api/webhookevent/\n"
-            f"  Dashboard: {WEB}/admin/dashboard/\n"
-            f"  Settings page as the Shoptet admin opens it (a fresh login code on every click):\n"
-            f"             {EMULATOR}/_emulator/open-settings?eshopId={eshop_id}&lang=cs&url={WEB}/settings/\n"
-            f"  Readiness: {WEB}/readyz\n"
-            f"  Emulator:  {EMULATOR}/_emulator/stats\n"
-            "  Ctrl-C stops everything.\n"
-            "================================================================\n",
-            flush=True,
+    for name, command in commands.items():
+        # A new session: Ctrl-C reaches only this script, which then stops the children in order.
+        processes[name] = subprocess.Popen(
+            command,
+            cwd=ROOT,
+            env=child_env(),
+            start_new_session=True,
+            preexec_fn=die_with_runner(),  # safe: this script starts no threads
         )
-        while True:
-            check_children(processes)
-            time.sleep(1)
-    except KeyboardInterrupt:
-        print("\nrun: stopping", flush=True)
-    finally:
-        stop_all(processes)
+    print(
+        "run: started "
+        + ", ".join(
+            f"{name} (PID {process.pid})" for name, process in processes.items()
+        ),
+        flush=True,
+    )
+    wait_for(f"{EMULATOR}/_emulator/stats", processes)
+    wait_for(f"{WEB}/healthz", processes)
+
+    # Shoptet's side of an install: the emulator issues a code and calls our install URL.
+    status, body = http("POST", f"{EMULATOR}/_emulator/install", {"callback": True})
+    issued = json.loads(body) if status == 200 else {}
+    if issued.get("callbackStatus") != 200:
+        fail(
+            f"the demo install failed: emulator HTTP {status}, our callback answered {issued.get('callbackStatus')}"
+        )
+    eshop_id = issued["eshopId"]
+    demo_webhooks(eshop_id, processes)
+    print(
+        "\n"
+        "================================================================\n"
+        f"  Platform is up. Demo e-shop {eshop_id} installed through the emulator;\n"
+        "  a signed eshop:projectDomain webhook and addon:suspend / addon:approve arrived.\n"
+        f"  Admin:     {WEB}/admin/   (login: {OPERATOR} / {password})\n"
+        f"  Tenants:   {WEB}/admin/eshops/eshop/  (open the e-shop: its lifecycle transitions)\n"
+        f"  Webhooks:  {WEB}/admin/shoptet_api/webhookevent/\n"
+        f"  Dashboard: {WEB}/admin/dashboard/\n"
+        f"  Settings page as the Shoptet admin opens it (a fresh login code on every click):\n"
+        f"             {EMULATOR}/_emulator/open-settings?eshopId={eshop_id}&lang=cs&url={WEB}/settings/\n"
+        f"  Readiness: {WEB}/readyz\n"
+        f"  Emulator:  {EMULATOR}/_emulator/stats\n"
+        "  Ctrl-C (or kill -TERM, or closing this terminal) stops everything.\n"
+        "================================================================\n",
+        flush=True,
+    )
+    while True:
+        check_children(processes)
+        time.sleep(1)
 
 
 if __name__ == "__main__":
