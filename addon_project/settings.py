@@ -79,6 +79,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: every answer carries X-Request-ID (the HTTPS redirect and static files too) and every
+    # log line of the request its id (addon_project/logging_context.py).
+    "addon_project.logging_context.RequestIdMiddleware",
     "django.middleware.security.SecurityMiddleware",
     # Right after SecurityMiddleware (its HTTPS redirect and headers apply to static files too).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -409,31 +412,48 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     },
 }
 
+# Logs: one line per event on stderr. LOG_FORMAT=json (the production default) writes one JSON object
+# per line; plain (the DEBUG default) is for people. Both carry our request id, the e-shop id, the
+# task and Shoptet's requestId where known (addon_project/logging_context.py).
+LOG_FORMAT = env.str("LOG_FORMAT", default="").strip().lower() or (
+    "plain" if DEBUG else "json"
+)
+if LOG_FORMAT not in {"json", "plain"}:
+    raise ImproperlyConfigured(
+        f"LOG_FORMAT must be 'json' or 'plain', not {LOG_FORMAT!r}"
+    )
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "plain": {
+            "()": "addon_project.logging_context.PlainFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+        },
+        "json": {"()": "addon_project.logging_context.JsonFormatter"},
     },
     "filters": {
-        "redact_query_secrets": {"()": "addon_project.log_filters.RedactQuerySecrets"}
+        "log_context": {"()": "addon_project.logging_context.ContextFilter"},
+        "redact_query_secrets": {"()": "addon_project.log_filters.RedactQuerySecrets"},
     },
     "handlers": {
         "console": {
             "class": "logging.StreamHandler",
-            "formatter": "plain",
-            "filters": ["redact_query_secrets"],
+            "formatter": LOG_FORMAT,
+            "filters": ["log_context", "redact_query_secrets"],
         }
     },
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     "loggers": {
+        # Listing a logger here removes the handlers it had, so each line is printed once, by
+        # the root handler: Django's defaults give `django` (in DEBUG) and `django.server` their
+        # own console handlers, gunicorn gives its loggers its own (and stops them propagating).
+        "django": {"level": "INFO", "propagate": True},
+        # runserver's access log prints full URLs: the root handler's filter redacts install codes.
+        "django.server": {"level": "INFO", "propagate": True},
+        "gunicorn.error": {"level": "INFO", "propagate": True},
+        "gunicorn.access": {"level": "INFO", "propagate": True},
         # urllib3 logs full URLs at DEBUG; keep it quiet so a query string never reaches a log.
         "urllib3": {"level": "WARNING"},
-        # runserver's access log prints full URLs, install codes included: redact them.
-        "django.server": {
-            "handlers": ["console"],
-            "level": "INFO",
-            "propagate": False,
-        },
     },
 }

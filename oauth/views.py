@@ -15,6 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET
 
+from addon_project import logging_context
 from addon_project.client_ip import client_ip, ip_in_networks
 from oauth.services import install_addon
 from shoptet_api.errors import (
@@ -177,6 +178,7 @@ def install(request: HttpRequest) -> HttpResponse:
             "The addon's database is unavailable; please try again.",
         )
 
+    logging_context.bind(eshop_id=eshop.eshop_id)
     logger.info(
         "install ok: eshop_id=%s code=%s duration_ms=%d",
         eshop.eshop_id,

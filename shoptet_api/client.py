@@ -14,6 +14,7 @@ import requests
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from addon_project.logging_context import eshop_scoped
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -212,6 +213,7 @@ class ShoptetClient:
         """Iterate the items of every page of a list endpoint (see `Pages`)."""
         return Pages(self, path, params, items_key)
 
+    @eshop_scoped
     def request(
         self,
         method: str,
@@ -402,6 +404,7 @@ class ShoptetClient:
             response.status_code,
             (time.monotonic() - sent_at) * 1000,
             response.headers.get("X-Request-ID"),
+            extra={"shoptet_request_id": response.headers.get("X-Request-ID")},
         )
         for header in ("X-Shoptet-Deprecated", "Sunset"):
             if header in response.headers:
@@ -454,6 +457,7 @@ class ShoptetClient:
                 self.eshop.eshop_id,
                 label,
                 error.error_code,
+                extra={"shoptet_request_id": error.request_id},
             )
             self.eshop.record_missing_right(label)
         elif isinstance(error, AddonSuspended):

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from addon_project import logging_context
 from eshops.models import Eshop
 from shoptet_api import tokens, webhooks
 from shoptet_api.client import ShoptetClient
@@ -40,6 +41,7 @@ MAX_RETRY_COUNTDOWN = 600.0
 
 
 def _active_eshop(eshop_id: int) -> Eshop | None:
+    logging_context.bind(eshop_id=eshop_id)
     eshop = Eshop.objects.filter(eshop_id=eshop_id).first()
     if eshop is None or not eshop.can_call_api:
         state = (

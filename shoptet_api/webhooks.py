@@ -26,6 +26,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
+from addon_project import logging_context
 from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import Eshop
@@ -163,6 +164,7 @@ def receive(request: HttpRequest) -> JsonResponse:
     parsed = _parse(body)
     if isinstance(parsed, str):
         return _refuse(400, parsed, source=client_ip(request))
+    logging_context.bind(eshop_id=parsed["eshop_id"])  # as claimed: verified just below
     eshop = Eshop.objects.filter(eshop_id=parsed["eshop_id"]).first()
     if eshop is None:
         return _refuse(
@@ -286,6 +288,7 @@ def process_event(event_pk: int) -> float | None:
         )
         if event is None:
             return None  # processed already, dead, or in another worker's hands
+        logging_context.bind(eshop_id=event.eshop.eshop_id)
         if (
             event.status == WebhookEvent.Status.FAILED
             and event.next_attempt_at
