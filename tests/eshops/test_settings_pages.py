@@ -143,6 +143,7 @@ def test_invalid_settings_are_refused_and_nothing_changes(
 
     assert response.status_code == 200
     assert b"Choose between 5 and 1440 minutes." in response.content
+    assert b"The settings were not saved." in response.content
     assert EshopSettings.objects.get(eshop=eshop).sync_interval_minutes == 60
     assert not SettingsChange.objects.exists()
 
