@@ -197,14 +197,26 @@ class JsonFormatter(_JsonFormatter):
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
         data = super().process_log_record(log_data)
+        celery_data = data.get("data")
+        if "exc_info" in data and isinstance(celery_data, dict):
+            # Celery's failure lines repeat the whole traceback in `data`: once is enough.
+            data["data"] = {k: v for k, v in celery_data.items() if k != "traceback"}
         # The time first (people read these too), absent fields left out, and every string, the
-        # traceback included, through the same redaction as messages.
+        # traceback and nested values included, through the same redaction as messages.
         ordered = {"timestamp": data.pop("timestamp", None), **data}
         return {
-            key: redact(value) if isinstance(value, str) else value
-            for key, value in ordered.items()
-            if value is not None
+            key: _redacted(value) for key, value in ordered.items() if value is not None
         }
+
+
+def _redacted(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {key: _redacted(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_redacted(item) for item in value]
+    return value
 
 
 # --- Web requests -------------------------------------------------------------------------------

@@ -306,6 +306,41 @@ def test_json_lines_carry_no_install_code(
     assert "code=[redacted]" in records[2]["exc_info"]
 
 
+def test_celery_failure_lines_carry_the_traceback_once_and_redacted(
+    configure: Callable[[str], Lines],
+) -> None:
+    lines = configure("json")
+
+    try:
+        raise ValueError("GET /oauth/install/?code=SECRETCODE")
+    except ValueError:
+        # What celery.app.trace logs for a failed task: the traceback again inside `data`.
+        logging.getLogger("celery.app.trace").exception(
+            "Task failed",
+            extra={"data": {"args": "('/x?code=SECRETCODE',)", "traceback": "again"}},
+        )
+
+    (record,) = parsed(lines())
+    assert list(record["data"]) == ["args"]
+    assert record["data"]["args"].startswith("('/x?code=[redacted]")
+    assert "code=[redacted]" in record["exc_info"]
+
+
+def test_gunicorn_lines_go_through_our_handler_once(
+    configure: Callable[[str], Lines],
+) -> None:
+    # Gunicorn gives its loggers a handler of their own and stops them propagating.
+    access = logging.getLogger("gunicorn.access")
+    access.addHandler(logging.StreamHandler(sys.stderr))
+    access.propagate = False
+    lines = configure("json")
+
+    access.info('127.0.0.1 "GET /healthz HTTP/1.1" 200')
+
+    (record,) = parsed(lines())
+    assert record["logger"] == "gunicorn.access"
+
+
 # --- Tasks -----------------------------------------------------------------------------------------
 
 
