@@ -206,8 +206,9 @@ STORAGES = {
 # Behind a TLS-terminating proxy, X-Forwarded-Proto tells Django the request was https.
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_SSL_REDIRECT = env_strict_bool("SECURE_SSL_REDIRECT", default=not DEBUG)
-# Load balancers probe health over plain http.
-SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+# Load balancers probe health over plain http, and so may a scraper on the private network
+# (a redirect protects no metrics token: the client has sent it by the time it is redirected).
+SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
 SECURE_HSTS_SECONDS = 0 if DEBUG else env.int("SECURE_HSTS_SECONDS", default=31_536_000)
 SECURE_HSTS_INCLUDE_SUBDOMAINS = not DEBUG
 SECURE_HSTS_PRELOAD = not DEBUG
@@ -366,6 +367,17 @@ SHOPTET_INSTALL_ALLOWED_NETWORKS = [
 # How many reverse proxies in front of us append to X-Forwarded-For. 0 = use REMOTE_ADDR and
 # ignore the header entirely (a client can write anything into it).
 NUM_PROXIES = env.int("NUM_PROXIES", default=0)
+
+# Metrics (`/metrics`, Prometheus text): served for the bearer token or to an allowed network; with
+# neither set it answers 404. PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself) makes
+# the values of all gunicorn and Celery processes add up.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+if METRICS_TOKEN and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters long")
+METRICS_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(net, strict=False)
+    for net in env_list("METRICS_ALLOWED_NETWORKS", default=[])
+]
 
 # Celery
 CELERY_BROKER_URL = REDIS_URL

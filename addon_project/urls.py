@@ -3,7 +3,7 @@ from __future__ import annotations
 from django.contrib import admin
 from django.urls import include, path
 
-from addon_project import health, pages
+from addon_project import health, metrics, pages
 from eshops import dashboard
 from shoptet_api import webhooks
 
@@ -17,4 +17,5 @@ urlpatterns = [
     path("webhooks/shoptet/", webhooks.receive, name="shoptet-webhook"),
     path("healthz", health.healthz, name="healthz"),
     path("readyz", health.readyz, name="readyz"),
+    path("metrics", metrics.metrics_view, name="metrics"),
 ]

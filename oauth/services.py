@@ -11,6 +11,7 @@ from django.db.models import F
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
+from addon_project import metrics
 from addon_project.celery import in_background
 from eshops.models import Eshop
 from shoptet_api.oauth import exchange_code
@@ -92,6 +93,7 @@ def install_addon(*, code: str) -> Eshop:
         # After commit, and never failing the install: a broker outage is repaired by the
         # complete_pending_installs sweep.
         transaction.on_commit(partial(_after_install, eshop.eshop_id), robust=True)
+    metrics.observe_install(created=created)
     logger.info(
         "install: eshop_id=%s %s (install #%s)",
         eshop.eshop_id,

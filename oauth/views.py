@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET
 
-from addon_project import logging_context
+from addon_project import logging_context, metrics
 from addon_project.client_ip import client_ip, ip_in_networks
 from oauth.services import install_addon
 from shoptet_api.errors import (
@@ -38,6 +38,7 @@ CLIENT_CONFIG_ERRORS = {"invalid_client", "unauthorized_client"}
 
 
 def _result(request: HttpRequest, status: int, title: str, detail: str) -> HttpResponse:
+    metrics.observe_install_request(status)
     return render(
         request,
         "oauth/install_result.html",

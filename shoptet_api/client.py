@@ -14,6 +14,7 @@ import requests
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from addon_project import metrics
 from addon_project.logging_context import eshop_scoped
 from shoptet_api.errors import (
     AddonNotInstalled,
@@ -266,6 +267,7 @@ class ShoptetClient:
                     label,
                     error.error_code,
                 )
+                metrics.observe_api_retry(error)
                 renewed = True
                 attempt -= 1
                 continue
@@ -281,6 +283,7 @@ class ShoptetClient:
                     error,
                 )
                 raise error
+            metrics.observe_api_retry(error)
             logger.info(
                 "eshop_id=%s %s: %s; retry %s in %.2f s",
                 self.eshop.eshop_id,
@@ -386,15 +389,22 @@ class ShoptetClient:
             eshop_id, deadline=deadline, lease_seconds=timeout[0] + timeout[1] + 5
         ) as slot:
             sent_at = time.monotonic()
-            response = send(
-                method,
-                f"{self.base_url}{path}",
-                params=params,
-                json=json,
-                headers={"Shoptet-Access-Token": token},
-                timeout=timeout,
-                endpoint=label,
-                session=self.session,
+            try:
+                response = send(
+                    method,
+                    f"{self.base_url}{path}",
+                    params=params,
+                    json=json,
+                    headers={"Shoptet-Access-Token": token},
+                    timeout=timeout,
+                    endpoint=label,
+                    session=self.session,
+                )
+            except ShoptetConnectionError:
+                metrics.observe_api_call(label, "error", time.monotonic() - sent_at)
+                raise
+            metrics.observe_api_call(
+                label, response.status_code, time.monotonic() - sent_at
             )
             slot.bucket_filling = response.headers.get("X-RateLimit-Bucket-Filling")
         logger.debug(

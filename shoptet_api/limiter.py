@@ -20,6 +20,7 @@ from collections.abc import Iterator
 import redis
 from django.conf import settings
 
+from addon_project import metrics
 from addon_project.redis_client import get_redis, lua
 from shoptet_api.errors import ShoptetTimeoutError
 
@@ -111,6 +112,7 @@ def request_slot(
         return
     try:
         if pause > 0:
+            metrics.observe_bucket_pause()
             logger.info(
                 "eshop_id=%s: bucket nearly full, pausing %.2f s", eshop_id, pause
             )
@@ -135,6 +137,7 @@ def _acquire(
 ) -> float:
     limit = settings.SHOPTET_MAX_IN_FLIGHT
     delay = 0.01
+    waited_since: float | None = None
     while True:
         now = time.time()
         acquired, level, maximum, read_at = lua(_ACQUIRE)(
@@ -144,10 +147,14 @@ def _acquire(
             client=r,
         )
         if int(acquired):
+            if waited_since is not None:
+                metrics.observe_slot_wait("acquired", time.monotonic() - waited_since)
             if level and maximum and read_at:
                 return bucket_pause(float(level), float(maximum), float(read_at), now)
             return 0.0
+        waited_since = waited_since or time.monotonic()
         if time.monotonic() + delay > deadline:
+            metrics.observe_slot_wait("timeout", time.monotonic() - waited_since)
             raise ShoptetTimeoutError(
                 f"no free request slot ({limit} in flight) before the deadline",
                 endpoint="limiter",

@@ -33,6 +33,7 @@ import redis
 from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
+from addon_project import metrics
 from addon_project.encryption import DecryptionError, Secret, decrypt, encrypt
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from shoptet_api.errors import (
@@ -367,12 +368,15 @@ def _renew_shared(r: redis.Redis, eshop: Eshop, *, need: Need = Need()) -> Cache
         stored = _read_stored(r, eshop_id)
         now = time.time()
         if stored is not None and need.met_by(stored, now):
+            metrics.observe_token_wait("renewed")
             _remember(eshop_id, stored)
             return stored
         if time.monotonic() > deadline:
             if stored and stored.valid(now):
                 # The renewer is slow; an almost-expired token is better than no answer.
+                metrics.observe_token_wait("stale")
                 return stored
+            metrics.observe_token_wait("timeout")
             raise ShoptetTimeoutError(
                 f"waited {settings.SHOPTET_TOKEN_WAIT_TIMEOUT:g} s for another process to renew the API token",
                 endpoint="GET oauth/getAccessToken",
@@ -409,6 +413,7 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
     try:
         minted = _mint(eshop)
     except BaseException as exc:
+        metrics.observe_token_failure(exc)
         _note_failure(r, eshop_id, exc)
         refused = isinstance(exc, ShoptetOAuthError) or (
             isinstance(exc, ShoptetConnectionError) and not exc.request_sent
@@ -429,6 +434,7 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
                 _remember(eshop_id, stored)
                 return stored
         raise
+    metrics.observe_token_mint("request" if need.left is None else "ahead")
     expires_at = started + minted.expires_in
     cached = CachedToken(
         token=minted.access_token,
@@ -535,8 +541,10 @@ def _at_cap(
 ) -> CachedToken:
     if stored and stored.valid(now):
         # At the cap: keep using the current token until its very end rather than mint a sixth.
+        metrics.observe_token_cap("kept_current")
         _remember(eshop_id, stored)
         return stored
+    metrics.observe_token_cap("refused")
     earliest = r.zrange(issued_key(eshop_id), 0, 0, withscores=True)
     retry_in = max(0.0, float(earliest[0][1]) - now) if earliest else 0.0
     logger.error(
@@ -563,7 +571,12 @@ def _renew_local(eshop: Eshop) -> CachedToken:
         if cached and cached.usable(time.time()):
             return cached
         started = time.time()
-        minted = _mint(eshop)
+        try:
+            minted = _mint(eshop)
+        except BaseException as exc:
+            metrics.observe_token_failure(exc)
+            raise
+        metrics.observe_token_mint("local")
         cached = CachedToken(
             token=minted.access_token,
             expires_at=started + minted.expires_in,

@@ -15,6 +15,7 @@ import hmac
 import json
 import logging
 import re
+import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -26,7 +27,7 @@ from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
-from addon_project import logging_context
+from addon_project import logging_context, metrics
 from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import Eshop
@@ -155,18 +156,23 @@ def receive(request: HttpRequest) -> JsonResponse:
     """`POST /webhooks/shoptet/`: verify, store, acknowledge. The work happens in Celery."""
     declared = str(request.META.get("CONTENT_LENGTH") or "0")
     if not declared.isdigit():
+        metrics.observe_webhook_delivery(None, "bad_request")
         return _refuse(400, "invalid Content-Length")
     if int(declared) > settings.SHOPTET_WEBHOOK_MAX_BODY:
+        metrics.observe_webhook_delivery(None, "too_large")
         return _refuse(413, "body too large")
     body = request.body  # the raw bytes, read once: the signature is over exactly these
     if len(body) > settings.SHOPTET_WEBHOOK_MAX_BODY:
+        metrics.observe_webhook_delivery(None, "too_large")
         return _refuse(413, "body too large")
     parsed = _parse(body)
     if isinstance(parsed, str):
+        metrics.observe_webhook_delivery(None, "bad_request")
         return _refuse(400, parsed, source=client_ip(request))
     logging_context.bind(eshop_id=parsed["eshop_id"])  # as claimed: verified just below
     eshop = Eshop.objects.filter(eshop_id=parsed["eshop_id"]).first()
     if eshop is None:
+        metrics.observe_webhook_delivery(parsed["event"], "unknown_eshop")
         return _refuse(
             404, "unknown eshopId", eshop_id=parsed["eshop_id"], event=parsed["event"]
         )
@@ -192,6 +198,7 @@ def receive(request: HttpRequest) -> JsonResponse:
             verified_by = "network"
     if verified_by is None:
         reason = "signature missing" if not signature.strip() else "signature invalid"
+        metrics.observe_webhook_delivery(parsed["event"], "bad_signature")
         return _refuse(
             401,
             reason,
@@ -201,6 +208,9 @@ def receive(request: HttpRequest) -> JsonResponse:
         )
 
     event, created = _store(request, eshop, parsed, body, verified_by)
+    metrics.observe_webhook_delivery(
+        parsed["event"], "accepted" if created else "duplicate"
+    )
     if not created:
         logger.info(
             "webhook duplicate acknowledged: eshop_id=%s event=%s",
@@ -298,6 +308,7 @@ def process_event(event_pk: int) -> float | None:
             # The scheduled retry (or the redeliver sweep, if it was lost) will run it.
             return None
         event.attempts += 1
+        started = time.perf_counter()
         handler = HANDLERS.get(event.event)
         retry_in = None
         if handler is None:
@@ -351,6 +362,11 @@ def process_event(event_pk: int) -> float | None:
             event.processed_at = timezone.now()
             event.next_attempt_at = None
         event.save()
+        metrics.observe_webhook_processing(
+            event.event,
+            event.status,
+            time.perf_counter() - started if handler else None,
+        )
         return retry_in
 
 
