@@ -30,7 +30,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import environ
 
@@ -47,7 +48,7 @@ WEB = f"http://127.0.0.1:{WEB_PORT}"
 EMULATOR = f"http://127.0.0.1:{EMULATOR_PORT}"
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
     print(f"\nrun: {message}", file=sys.stderr)
     raise SystemExit(1)
 
@@ -78,8 +79,11 @@ def check_redis() -> None:
     try:
         redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping()
     except redis.RedisError:
+        url = REDIS_URL
+        if password := urlsplit(url).password:
+            url = url.replace(f":{password}@", ":***@")
         fail(
-            f"Redis is not reachable at {REDIS_URL}.\n"
+            f"Redis is not reachable at {url}.\n"
             "  Install and start it, e.g. `sudo apt-get install redis-server` then `redis-server --daemonize yes`,\n"
             "  or point REDIS_URL at one."
         )

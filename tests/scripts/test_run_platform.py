@@ -433,3 +433,22 @@ def test_celery_queue_name_comes_from_the_environment() -> None:
         check=True,
     )
     assert shown.stdout.strip() == "instance-two"
+
+
+def test_unreachable_redis_is_reported_without_its_password(
+    runner_env: Callable[..., dict[str, str]],
+) -> None:
+    closed = free_port()
+    env = {
+        **runner_env(free_port(), free_port()),
+        "REDIS_URL": f"redis://:not-to-be-shown@127.0.0.1:{closed}/15",
+    }
+
+    refused = run_once(env)
+
+    assert refused.returncode == 1
+    assert (
+        f"Redis is not reachable at redis://:***@127.0.0.1:{closed}/15"
+        in refused.stderr
+    )
+    assert "not-to-be-shown" not in refused.stdout + refused.stderr
