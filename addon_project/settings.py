@@ -157,7 +157,7 @@ AUTH_PASSWORD_VALIDATORS = [
 
 # django-axes: after AXES_FAILURE_LIMIT failed logins for one username, or from one address, further
 # attempts are refused for AXES_COOLOFF_HOURS (an unknown username locks the same way, so the answer
-# tells nothing about which accounts exist). Operators unlock in the admin (Axes › Access attempts) or
+# tells nothing about which accounts exist). Operators unlock in the admin (Axes > Access attempts) or
 # with `manage.py axes_reset_username NAME` / `axes_reset_ip ADDRESS`.
 AXES_FAILURE_LIMIT = env.int("AXES_FAILURE_LIMIT", default=5)
 AXES_COOLOFF_TIME = env.float("AXES_COOLOFF_HOURS", default=0.25)

@@ -16,22 +16,24 @@ from addon_project.celery import in_background
 from eshops.models import Eshop
 from shoptet_api.oauth import exchange_code
 from shoptet_api.tasks import post_install as post_install_task
-from shoptet_api.tokens import forget_tokens
+from shoptet_api.tokens import forget_tokens, oauth_fingerprint
 
 logger = logging.getLogger(__name__)
 
 
-def _after_install(eshop_id: int) -> None:
+def _after_install(eshop_id: int, oauth_fp: str) -> None:
     # Neither step may delay the answer Shoptet waits for.
-    in_background(_forget_tokens_then_set_up, eshop_id)
+    in_background(_forget_tokens_then_set_up, eshop_id, oauth_fp)
 
 
-def _forget_tokens_then_set_up(eshop_id: int) -> None:
+def _forget_tokens_then_set_up(eshop_id: int, oauth_fp: str) -> None:
     # A new OAuth token starts a fresh count of valid API tokens at Shoptet: the previous
-    # install's tokens are useless now. Then the post-install setup (signature key, webhooks,
-    # shop details); complete_pending_installs runs it if this publish fails.
+    # install's tokens are useless now. Tokens minted with the new OAuth token (`oauth_fp`, a
+    # fingerprint, never the token) stay: a request may have minted one before this thread ran.
+    # Then the post-install setup (signature key, webhooks, shop details);
+    # complete_pending_installs runs it if this publish fails.
     try:
-        forget_tokens(eshop_id)
+        forget_tokens(eshop_id, keep_oauth_fp=oauth_fp)
     except redis.RedisError as exc:
         logger.warning(
             "install: eshop_id=%s old API tokens not cleared (%s)",
@@ -92,7 +94,14 @@ def install_addon(*, code: str) -> Eshop:
             eshop.refresh_from_db(fields=["install_count"])
         # After commit, and never failing the install: a broker outage is repaired by the
         # complete_pending_installs sweep.
-        transaction.on_commit(partial(_after_install, eshop.eshop_id), robust=True)
+        transaction.on_commit(
+            partial(
+                _after_install,
+                eshop.eshop_id,
+                oauth_fingerprint(eshop.oauth_access_token),
+            ),
+            robust=True,
+        )
     metrics.observe_install(created=created)
     logger.info(
         "install: eshop_id=%s %s (install #%s)",

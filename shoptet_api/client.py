@@ -312,13 +312,10 @@ class ShoptetClient:
         Errors that must not be retried for this method come back as non-retryable, so the
         loop above has one rule: retry what is retryable.
         """
-        try:
-            token = get_api_access_token(self.eshop)
-        except ShoptetAPIError as exc:
-            # Nothing reached the API yet, so even a POST may try again after a transient failure.
-            if not exc.retryable:
-                raise
-            return exc
+        # A failure to get a token ends the request, whatever its kind: retrying here would call
+        # getAccessToken again, and one request mints at most once (a burst of OAuth-server 5xx must
+        # not turn into a burst of mints). The caller's own retry (a task's backoff) comes later.
+        token = get_api_access_token(self.eshop)
         try:
             response = self._send_once(
                 method,

@@ -198,21 +198,37 @@ ADDON_NOT_APPROVED_MESSAGE = "addon installation is not approved"
 _SECONDS = re.compile(r"[0-9]{1,5}")
 
 
-def parse_retry_after(value: str | None) -> dt.datetime | None:
-    """Parse `Retry-After`: Shoptet sends an HTTP date; tolerate plain seconds too."""
-    if not value:
-        return None
-    value = value.strip()
-    if _SECONDS.fullmatch(value):
-        return dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=int(value))
+def _http_date(value: str) -> dt.datetime | None:
     try:
         parsed = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, OverflowError, IndexError):
-        parsed = None
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def parse_retry_after(
+    value: str | None, *, date: str | None = None
+) -> dt.datetime | None:
+    """Parse `Retry-After` into a moment on *our* clock.
+
+    Shoptet sends an HTTP date (plain seconds are tolerated too). The date is on Shoptet's clock, so
+    it is measured against the answer's own `Date` header and the difference is added to our now:
+    a wrong clock on either side does not turn "in 20 s" into "now" or "in an hour".
+    """
+    if not value:
+        return None
+    value = value.strip()
+    now = dt.datetime.now(tz=dt.UTC)
+    if _SECONDS.fullmatch(value):
+        return now + dt.timedelta(seconds=int(value))
+    parsed = _http_date(value)
     if parsed is None:
         logger.warning("unparseable Retry-After header ignored: %.60r", value)
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+    sent_at = _http_date(date.strip()) if date else None
+    if sent_at is None:
+        return parsed
+    return now + (parsed - sent_at)
 
 
 def _json_or_none(response: requests.Response) -> Any:
@@ -290,7 +306,9 @@ def error_from_response(
     if status == 429:
         return ShoptetRateLimited(
             message,
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            retry_after=parse_retry_after(
+                response.headers.get("Retry-After"), date=response.headers.get("Date")
+            ),
             **kwargs,
         )
     api_cls = _API_STATUS_ERRORS.get(status, ShoptetAPIError)

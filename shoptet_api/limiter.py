@@ -38,14 +38,20 @@ def bucket_key(eshop_id: int) -> str:
     return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:bucket"
 
 
-# KEYS[1] leases, KEYS[2] bucket; ARGV: now, limit, lease id, lease expiry.
+# KEYS[1] leases, KEYS[2] bucket; ARGV: limit, lease id, lease seconds.
 # Returns {acquired (0/1), bucket level, bucket max, bucket reading time} as strings.
+# "Now" is Redis's clock (a host whose clock runs ahead must not evict other hosts' live leases),
+# and the set's lifetime only grows (a short lease must not expire a set holding a long one).
 _ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local acquired = 0
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000) + 1000)
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+  local want = math.ceil(tonumber(ARGV[3]) * 1000) + 1000
+  local ttl = redis.call('PTTL', KEYS[1])
+  if ttl == -1 or (ttl >= 0 and ttl < want) then redis.call('PEXPIRE', KEYS[1], want) end
   acquired = 1
 end
 local bucket = redis.call('HMGET', KEYS[2], 'level', 'max', 'at')
@@ -143,7 +149,7 @@ def _acquire(
         acquired, level, maximum, read_at = lua(_ACQUIRE)(
             keys=[leases_key(eshop_id), bucket_key(eshop_id)],
             # The lease also covers a bucket pause taken while holding it.
-            args=[now, limit, lease, now + lease_seconds + MAX_BUCKET_PAUSE],
+            args=[limit, lease, lease_seconds + MAX_BUCKET_PAUSE],
             client=r,
         )
         if int(acquired):

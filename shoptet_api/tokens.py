@@ -39,6 +39,7 @@ from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
+    ShoptetAPIError,
     ShoptetConnectionError,
     ShoptetMaxTokensReached,
     ShoptetOAuthError,
@@ -91,23 +92,105 @@ def activity_key() -> str:
 
 # --- Scripts -------------------------------------------------------------------------------------
 
-# KEYS[1] issued set; ARGV: now, cap, member, score. Drops expired entries, then adds `member`
-# only while fewer than `cap` valid tokens exist. Returns the count before adding, negated on refusal.
-_RESERVE_SLOT = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-local count = redis.call('ZCARD', KEYS[1])
-if count >= tonumber(ARGV[2]) then return -count - 1 end
-redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil((tonumber(ARGV[4]) - tonumber(ARGV[1])) * 1000)) + 60000)
-return count
+# Every script takes "now" from Redis (TIME), never from the caller: a host whose clock runs ahead
+# must not expire other hosts' live entries. Scores are Redis-time expiries. Key lifetimes only grow:
+# a short-lived entry never shortens the life of a set that still holds a long-lived one.
+_REDIS_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_EXTEND_TTL = """
+local function extend(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or (ttl >= 0 and ttl < ms) then redis.call('PEXPIRE', key, ms) end
+end
 """
 
+# KEYS[1] issued set; ARGV: cap, member, lifetime (s). Drops expired entries, then adds `member`
+# only while fewer than `cap` valid tokens exist. Returns {count before adding (negated - 1 on
+# refusal), seconds until the earliest entry expires}.
+_RESERVE_SLOT = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[1]) then
+  local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local wait = 0
+  if earliest[2] then wait = math.max(0, tonumber(earliest[2]) - now) end
+  return {-count - 1, tostring(wait)}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+extend(KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
+return {count, '0'}
+"""
+)
 
-# KEYS[1] token hash, KEYS[2] issued set; ARGV[1] fingerprint of the token that failed.
-_INVALIDATE = """
+# KEYS[1] issued set; ARGV: pairs of (member, seconds left). Records tokens minted elsewhere (a
+# pending reservation replaced by its token, or tokens minted while Redis was unreachable).
+_RECORD_ISSUED = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+local longest = 0
+for i = 1, #ARGV, 2 do
+  local left = tonumber(ARGV[i + 1])
+  if left > 0 then
+    redis.call('ZADD', KEYS[1], now + left, ARGV[i])
+    longest = math.max(longest, left)
+  end
+end
+if longest > 0 then extend(KEYS[1], math.ceil(longest * 1000) + 60000) end
+return longest
+"""
+)
+
+
+# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash; ARGV: pending reservation, issued
+# member, encrypted token, fingerprint, expiry (the minting host's epoch, for readers), lifetime,
+# OAuth fingerprint, renewal time. Replaces the reservation by the token and stores it, atomically.
+_STORE_TOKEN = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+local life = tonumber(ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], now + life, ARGV[2])
+extend(KEYS[2], math.ceil(life * 1000) + 60000)
+redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
+redis.call('HSET', KEYS[3], 'renewed_at', ARGV[8], 'failures', 0)
+return 1
+"""
+)
+
+
+# KEYS[1] token hash, KEYS[2] issued set; ARGV[1] fingerprint of the token that failed. The issued
+# member is `<oauth fp>:<token fp>`; whichever install minted it, it is no longer valid.
+_INVALIDATE = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(member, -string.len(ARGV[1])) == ARGV[1] then redis.call('ZREM', KEYS[2], member) end
+end
 if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash; ARGV[1] the OAuth fingerprint to
+# keep ('' = keep nothing). Forgets what earlier installations minted, never the current one's.
+_FORGET = """
+local keep = ARGV[1]
+if keep == '' then return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
+local removed = 0
+if redis.call('HGET', KEYS[1], 'ofp') ~= keep then
+  removed = removed + redis.call('DEL', KEYS[1], KEYS[3])
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(member, 1, string.len(keep) + 1) ~= keep .. ':' then
+    removed = removed + redis.call('ZREM', KEYS[2], member)
+  end
+end
+return removed
 """
 
 
@@ -135,11 +218,18 @@ def fingerprint_of(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:20]
 
 
+def oauth_fingerprint(oauth_token: str | None) -> str:
+    """Which installation minted a token: a short fingerprint of the OAuth token it was minted with."""
+    return fingerprint_of(oauth_token)[:12] if oauth_token else "none"
+
+
 @dataclasses.dataclass(frozen=True)
 class CachedToken:
     token: Secret = dataclasses.field(repr=False)
     expires_at: float
     lifetime: float
+    # oauth_fingerprint() of the installation that minted it.
+    oauth_fp: str = ""
 
     def usable(self, now: float) -> bool:
         """Valid and not yet near expiry."""
@@ -158,6 +248,10 @@ _activity_noted: dict[int, float] = {}
 ACTIVITY_NOTE_INTERVAL = 10.0
 # Per-process, per-e-shop locks used only while Redis is unreachable.
 _fallback_locks: dict[int, threading.Lock] = {}
+# Tokens this process minted that Redis does not know of (minted while it was unreachable, or the
+# store failed): issued-set member → expiry. Recorded at the next contact with Redis, so that the
+# shared cap counts them and other processes do not mint past Shoptet's limit.
+_unrecorded: dict[int, dict[str, float]] = {}
 
 
 def _remember(eshop_id: int, cached: CachedToken) -> None:
@@ -175,10 +269,39 @@ def clear_process_cache() -> None:
     with _memory_lock:
         _memory.clear()
         _activity_noted.clear()
+        _unrecorded.clear()
+
+
+def _note_unrecorded(eshop_id: int, member: str, expires_at: float) -> None:
+    with _memory_lock:
+        _unrecorded.setdefault(eshop_id, {})[member] = expires_at
+
+
+def _record_unrecorded(r: redis.Redis, eshop_id: int) -> None:
+    """Add the tokens this process minted without Redis to the shared issued set (see _unrecorded)."""
+    with _memory_lock:
+        waiting = _unrecorded.pop(eshop_id, None)
+    if not waiting:
+        return
+    now = time.time()
+    args: list[str | float] = []
+    for member, expires_at in waiting.items():
+        args += [member, expires_at - now]
+    try:
+        lua(_RECORD_ISSUED)(keys=[issued_key(eshop_id)], args=args, client=r)
+    except redis.RedisError:
+        with _memory_lock:
+            _unrecorded.setdefault(eshop_id, {}).update(waiting)
+        return
+    logger.info(
+        "eshop_id=%s: %s token(s) minted while Redis was unreachable now count against the cap",
+        eshop_id,
+        len(waiting),
+    )
 
 
 def _read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
-    fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life"])
+    fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life", "ofp"])
     if not fields[0] or not fields[1]:
         return None
     try:
@@ -195,7 +318,10 @@ def _read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
         r.delete(token_key(eshop_id))
         return None
     return CachedToken(
-        token=token, expires_at=float(fields[1]), lifetime=float(fields[2] or fields[1])
+        token=token,
+        expires_at=float(fields[1]),
+        lifetime=float(fields[2] or fields[1]),
+        oauth_fp=fields[3].decode() if isinstance(fields[3], bytes) else "",
     )
 
 
@@ -213,6 +339,8 @@ def get_api_access_token(eshop: Eshop) -> Secret:
     try:
         r = get_redis()
         stored = _read_stored(r, eshop.eshop_id)
+        if _unrecorded:
+            _record_unrecorded(r, eshop.eshop_id)
         _note_activity(eshop.eshop_id, now)
         if stored and stored.usable(now):
             _remember(eshop.eshop_id, stored)
@@ -262,10 +390,23 @@ def invalidate_api_token(eshop: Eshop, token: str) -> None:
         )
 
 
-def forget_tokens(eshop_id: int) -> None:
-    """Remove every stored token of an e-shop (reinstall: a new OAuth token starts a fresh cap count)."""
-    _forget(eshop_id)
-    get_redis().delete(token_key(eshop_id), issued_key(eshop_id), health_key(eshop_id))
+def forget_tokens(eshop_id: int, *, keep_oauth_fp: str | None = None) -> None:
+    """Remove the stored tokens of an e-shop: all of them (uninstall), or after a reinstall those
+    minted under an earlier OAuth token, so the new installation starts a fresh cap count.
+
+    `keep_oauth_fp` is `oauth_fingerprint()` of the installation's current OAuth token: tokens
+    minted with it stay, even when this runs after a request of the new install has minted one.
+    """
+    keep = keep_oauth_fp or ""
+    with _memory_lock:
+        cached = _memory.get(eshop_id)
+        if cached and (not keep or cached.oauth_fp != keep):
+            del _memory[eshop_id]
+    lua(_FORGET)(
+        keys=[token_key(eshop_id), issued_key(eshop_id), health_key(eshop_id)],
+        args=[keep],
+        client=get_redis(),
+    )
 
 
 def recently_active_eshop_ids(*, since: float) -> list[int]:
@@ -327,6 +468,8 @@ def _note_activity(eshop_id: int, now: float) -> None:
     _activity_noted[eshop_id] = now
     with contextlib.suppress(redis.RedisError):
         get_redis().zadd(activity_key(), {str(eshop_id): now})
+        if _unrecorded:
+            _record_unrecorded(get_redis(), eshop_id)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,9 +502,7 @@ def _renew_shared(r: redis.Redis, eshop: Eshop, *, need: Need = Need()) -> Cache
             try:
                 return _renew_holding_lock(r, eshop, need=need)
             finally:
-                lua(RELEASE_LOCK)(
-                    keys=[renew_lock_key(eshop_id)], args=[owner], client=r
-                )
+                _release_renew_lock(r, eshop_id, owner)
         # Another process is minting: wait and re-read, never mint alongside it.
         time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
         delay = min(delay * 1.5, 0.1)
@@ -383,6 +524,20 @@ def _renew_shared(r: redis.Redis, eshop: Eshop, *, need: Need = Need()) -> Cache
             )
 
 
+def _release_renew_lock(r: redis.Redis, eshop_id: int, owner: str) -> None:
+    """Release our renewal lock. A Redis error here is logged, never raised: it must not replace
+    the outcome of the renewal (say a cap refusal) and send the caller to the process fallback.
+    An unreleased lock expires after SHOPTET_TOKEN_LOCK_TTL."""
+    try:
+        lua(RELEASE_LOCK)(keys=[renew_lock_key(eshop_id)], args=[owner], client=r)
+    except redis.RedisError as exc:
+        logger.warning(
+            "eshop_id=%s: renewal lock not released (%s); it expires on its own",
+            eshop_id,
+            type(exc).__name__,
+        )
+
+
 @sensitive_variables("minted")
 def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedToken:
     eshop_id = eshop.eshop_id
@@ -398,16 +553,15 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
     last_lifetime = (
         stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
     )
-    pending = f"pending:{uuid.uuid4().hex}"
-    slot = int(
-        lua(_RESERVE_SLOT)(
-            keys=[issued_key(eshop_id)],
-            args=[now, token_cap(), pending, now + last_lifetime],
-            client=r,
-        )
+    oauth_fp = oauth_fingerprint(eshop.oauth_access_token)
+    pending = f"{oauth_fp}:pending:{uuid.uuid4().hex}"
+    slot, next_slot_in = lua(_RESERVE_SLOT)(
+        keys=[issued_key(eshop_id)],
+        args=[token_cap(), pending, last_lifetime],
+        client=r,
     )
-    if slot < 0:
-        return _at_cap(r, eshop_id, stored, now)
+    if int(slot) < 0:
+        return _at_cap(eshop_id, stored, now, retry_in=float(next_slot_in))
 
     started = time.time()
     try:
@@ -415,15 +569,15 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
     except BaseException as exc:
         metrics.observe_token_failure(exc)
         _note_failure(r, eshop_id, exc)
-        refused = isinstance(exc, ShoptetOAuthError) or (
-            isinstance(exc, ShoptetConnectionError) and not exc.request_sent
-        )
-        if not refused:
-            # A lost answer, a gateway 5xx, a time limit mid-read: Shoptet may have minted a
-            # token we never received. Keep the reservation; it expires with the lifetime.
+        if not minted_nothing(exc):
+            # A lost answer (timeout or dropped connection after the request went out), a time
+            # limit mid-read: Shoptet may have minted a token we never received. Keep the
+            # reservation; it expires with the lifetime.
             raise
-        # A definite refusal (or a connection never made) minted nothing: free the slot.
-        r.zrem(issued_key(eshop_id), pending)
+        # A definite answer (any HTTP status: a refusal, a 503) or a connection never made
+        # minted nothing: free the slot, or a burst of 5xx would lock the shop out for 30 min.
+        with contextlib.suppress(redis.RedisError):
+            r.zrem(issued_key(eshop_id), pending)
         if isinstance(exc, ShoptetMaxTokensReached):
             # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
             logger.warning(
@@ -435,38 +589,37 @@ def _renew_holding_lock(r: redis.Redis, eshop: Eshop, *, need: Need) -> CachedTo
                 return stored
         raise
     metrics.observe_token_mint("request" if need.left is None else "ahead")
-    expires_at = started + minted.expires_in
     cached = CachedToken(
         token=minted.access_token,
-        expires_at=expires_at,
+        expires_at=started + minted.expires_in,
         lifetime=float(minted.expires_in),
+        oauth_fp=oauth_fp,
     )
     fp = fingerprint_of(minted.access_token)
-    pipe = r.pipeline(transaction=True)
-    pipe.zrem(issued_key(eshop_id), pending)
-    pipe.zadd(issued_key(eshop_id), {fp: expires_at})
-    pipe.hset(
-        token_key(eshop_id),
-        mapping={
-            "ct": encrypt(minted.access_token),
-            "fp": fp,
-            "exp": expires_at,
-            "life": minted.expires_in,
-        },
-    )
-    pipe.pexpireat(token_key(eshop_id), int(expires_at * 1000))
-    pipe.pexpireat(issued_key(eshop_id), int(expires_at * 1000) + 60_000)
-    pipe.hset(health_key(eshop_id), mapping={"renewed_at": time.time(), "failures": 0})
     try:
-        pipe.execute()
+        lua(_STORE_TOKEN)(
+            keys=[token_key(eshop_id), issued_key(eshop_id), health_key(eshop_id)],
+            args=[
+                pending,
+                f"{oauth_fp}:{fp}",
+                encrypt(minted.access_token),
+                fp,
+                cached.expires_at,
+                minted.expires_in,
+                oauth_fp,
+                time.time(),
+            ],
+            client=r,
+        )
     except redis.RedisError as exc:
         # Redis failed after Shoptet minted: use the token from memory rather than letting the
-        # caller's Redis fallback mint another one.
+        # caller's Redis fallback mint another one, and count it against the cap once Redis is back.
         logger.warning(
             "eshop_id=%s: new API token not stored (%s); kept in memory",
             eshop_id,
             type(exc).__name__,
         )
+        _note_unrecorded(eshop_id, f"{oauth_fp}:{fp}", cached.expires_at)
     _remember(eshop_id, cached)
     logger.info(
         "eshop_id=%s: new API token fp=%s expires_in=%ss",
@@ -537,7 +690,7 @@ def renewal_failures(eshop_ids: list[int], *, batch: int = 500) -> dict[int, int
 
 
 def _at_cap(
-    r: redis.Redis, eshop_id: int, stored: CachedToken | None, now: float
+    eshop_id: int, stored: CachedToken | None, now: float, *, retry_in: float
 ) -> CachedToken:
     if stored and stored.valid(now):
         # At the cap: keep using the current token until its very end rather than mint a sixth.
@@ -545,8 +698,6 @@ def _at_cap(
         _remember(eshop_id, stored)
         return stored
     metrics.observe_token_cap("refused")
-    earliest = r.zrange(issued_key(eshop_id), 0, 0, withscores=True)
-    retry_in = max(0.0, float(earliest[0][1]) - now) if earliest else 0.0
     logger.error(
         "eshop_id=%s: token cap %s reached and no valid token stored; next slot in %.0f s",
         eshop_id,
@@ -577,13 +728,29 @@ def _renew_local(eshop: Eshop) -> CachedToken:
             metrics.observe_token_failure(exc)
             raise
         metrics.observe_token_mint("local")
+        oauth_fp = oauth_fingerprint(eshop.oauth_access_token)
         cached = CachedToken(
             token=minted.access_token,
             expires_at=started + minted.expires_in,
             lifetime=float(minted.expires_in),
+            oauth_fp=oauth_fp,
         )
         _remember(eshop.eshop_id, cached)
+        member = f"{oauth_fp}:{fingerprint_of(minted.access_token)}"
+        _note_unrecorded(eshop.eshop_id, member, cached.expires_at)
         return cached
+
+
+def minted_nothing(exc: BaseException) -> bool:
+    """Whether a failed getAccessToken certainly minted no token.
+
+    Any HTTP answer (a refusal, a 429, a 503 with its body) is Shoptet's definite word; so is a
+    connection that was never made. Only an answer that may have been lost after the request went
+    out (a read timeout, a dropped connection, a time limit mid-read) may hide a minted token.
+    """
+    if isinstance(exc, ShoptetConnectionError):
+        return not exc.request_sent
+    return isinstance(exc, ShoptetAPIError) and exc.status_code is not None
 
 
 def _mint(eshop: Eshop) -> ApiAccessToken:

@@ -28,7 +28,7 @@ def run_manage(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
             ("SHOPTET_", "SECRET_KEY", "FIELD_", "DEBUG", "ALLOWED_", "SECURE_")
         )
     }
-    return subprocess.run(  # noqa: S603
+    return subprocess.run(
         [sys.executable, "manage.py", *args],
         cwd=ROOT,
         env={**base, **env},

@@ -409,30 +409,32 @@ def test_total_time_budget_stops_retries_early(
     assert sleeps.call_count == 0
 
 
-def test_transient_get_access_token_failure_is_retried(
+def test_a_transient_get_access_token_failure_ends_the_request_after_one_mint(
     shoptet_settings: ShoptetEmulator, api: ShoptetClient, sleeps: mock.MagicMock
 ) -> None:
-    # A 503 means the OAuth server minted nothing, so asking again cannot breach the token cap.
+    # A 503 is a definite answer: nothing was minted and the cap slot is freed. The request still
+    # ends: one request calls getAccessToken at most once (retries belong to the caller).
     shoptet_settings.fail_next(1, status=503, path_prefix=GET_ACCESS_TOKEN)
 
+    with pytest.raises(ShoptetServerError):
+        api.get("/api/eshop")
     data = api.get("/api/eshop")
 
     assert "contactInformation" in data
     assert answered(shoptet_settings, GET_ACCESS_TOKEN, expect=2) == [503, 200]
-    assert len(waits(sleeps)) == 1
+    assert sleeps.call_count == 0
 
 
-def test_post_is_retried_after_a_transient_get_access_token_failure(
+def test_a_post_is_not_sent_after_a_get_access_token_failure(
     shoptet_settings: ShoptetEmulator, api: ShoptetClient, sleeps: mock.MagicMock
 ) -> None:
-    # The POST never reached the API, so trying again cannot apply it twice.
     shoptet_settings.fail_next(1, status=503, path_prefix=GET_ACCESS_TOKEN)
 
-    data = api.post(RENEW_KEY)
+    with pytest.raises(ShoptetServerError):
+        api.post(RENEW_KEY)
 
-    assert "signatureKey" in data
-    assert answered(shoptet_settings, GET_ACCESS_TOKEN, expect=2) == [503, 200]
-    assert answered(shoptet_settings, RENEW_KEY, expect=1) == [200]
+    assert answered(shoptet_settings, GET_ACCESS_TOKEN, expect=1) == [503]
+    assert answered(shoptet_settings, RENEW_KEY, expect=0) == []
 
 
 def test_get_access_token_refusal_is_not_retried(

@@ -178,7 +178,7 @@ def test_core_emulator_does_not_import_django():
     }
 
     command = [sys.executable, "-c", code]
-    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=30)  # noqa: S603
+    subprocess.run(command, cwd=ROOT, env=env, check=True, timeout=30)
 
 
 def _free_port() -> int:
@@ -195,7 +195,7 @@ def test_management_command_serves_until_interrupted_and_hides_the_secret():
         "SHOPTET_CLIENT_SECRET": "very-secret-value",
         "SHOPTET_ALLOW_HTTP": "true",
     }
-    process = subprocess.Popen(  # noqa: S603
+    process = subprocess.Popen(
         [
             sys.executable,
             "manage.py",
