@@ -41,6 +41,13 @@ forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "127.0.0.1,::1")
 # joins an access line to the application's log lines for the same request.
 accesslog = "-"
 errorlog = "-"
+# The master and the workers log like the app: LOG_FORMAT (JSON in production), one line per event,
+# the request id on access lines. Reading the settings here also stops a start without SECRET_KEY
+# before any worker boots.
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "addon_project.settings")
+from django.conf import settings as _django_settings  # noqa: E402
+
+logconfig_dict = _django_settings.LOGGING
 access_log_format = (
     '%(h)s %(t)s "%(m)s %(U)s %(H)s" %(s)s %(b)s %(M)sms "%({x-request-id}o)s"'
 )
