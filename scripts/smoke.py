@@ -327,10 +327,23 @@ def checks(
     if status != 200:
         raise SmokeFailure(f"/metrics answered {status}")
     text = body.decode()
-    if not re.search(r"^shoptet_\w*install\w*\{[^}]*\} [1-9]", text, re.M):
+    if not re.search(r"^addon_installs_total\{[^}]*\} [1-9]", text, re.M):
         raise SmokeFailure("/metrics shows no successful install:\n" + text[:2000])
+    # The worker's processes count into the same multiprocess directory: gunicorn's /metrics adds them up.
+    if not re.search(
+        r'^shoptet_webhook_processing_total\{[^}]*event="eshop:projectDomain"[^}]*\} [1-9]',
+        text,
+        re.M,
+    ):
+        raise SmokeFailure(
+            "/metrics does not show the worker's processed webhook:\n" + text[:3000]
+        )
+    if "eshop_id" in text or str(eshop_id) in text:
+        raise SmokeFailure(
+            "/metrics names a tenant (per-tenant labels are not allowed)"
+        )
     say(
-        f"/metrics 200 with the token ({len(text.splitlines())} lines, the install counted)"
+        f"/metrics 200 with the token ({len(text.splitlines())} lines; web's install and the worker's webhook counted)"
     )
 
 
@@ -515,6 +528,7 @@ def main() -> int:
                     f"processes did not stop cleanly on SIGTERM: {unclean}"
                 )
             say("web, worker, beat and emulator stopped on SIGTERM")
+            request_id_carried_into_task(logs)
             cleanup_redis(python, env)
         say(f"passed in {time.monotonic() - started:.0f} s")
         return 0
@@ -530,6 +544,38 @@ def main() -> int:
     finally:
         stop(processes)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def request_id_carried_into_task(logs: Path) -> None:
+    """JSON logs: the webhook's request id (gunicorn's access line) is on the worker's task lines."""
+
+    def lines(name: str) -> list[dict[str, object]]:
+        text = (logs / f"{name}.log").read_text(errors="replace")
+        return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+    access = [
+        line
+        for line in lines("gunicorn")
+        if "POST /webhooks/shoptet/" in str(line.get("message", ""))
+    ]
+    request_ids = {str(line["request_id"]) for line in access if line.get("request_id")}
+    if not request_ids:
+        raise SmokeFailure(
+            "gunicorn's JSON access line for the webhook carries no request_id"
+        )
+    carried = [
+        line
+        for line in lines("worker")
+        if line.get("request_id") in request_ids
+        and line.get("task") == "shoptet_api.process_webhook"
+    ]
+    if not carried:
+        raise SmokeFailure(
+            f"no worker line of shoptet_api.process_webhook carries request id {request_ids}"
+        )
+    say(
+        f"JSON logs: the webhook's request id {sorted(request_ids)[0]} is on the worker's task lines"
+    )
 
 
 def cleanup_redis(python: Path, env: dict[str, str]) -> None:
