@@ -29,7 +29,8 @@ beat: $(STAMP)
 	$(VENV)/bin/celery -A addon_project beat --loglevel=INFO
 
 emulator: $(STAMP)
-	$(PY) manage.py shoptet_emulator
+	# The emulator app is installed only where http:// Shoptet URLs are allowed.
+	SHOPTET_ALLOW_HTTP=true DEBUG=true $(PY) manage.py shoptet_emulator
 
 test: $(STAMP)
 	$(VENV)/bin/pytest $(PYTEST_ARGS)

@@ -251,6 +251,10 @@ SHOPTET_REDIRECT_URI = env.str("SHOPTET_REDIRECT_URI", default="")
 SHOPTET_API_URL = env.str("SHOPTET_API_URL", default="https://api.myshoptet.com")
 # Plain http:// Shoptet URLs only when asked for explicitly (the emulator on loopback).
 SHOPTET_ALLOW_HTTP = env_strict_bool("SHOPTET_ALLOW_HTTP", default=False)
+# The emulator (development, demos, tests) speaks plain http, so its `manage.py shoptet_emulator`
+# exists only where http:// Shoptet URLs are allowed: a production deploy never loads it.
+if SHOPTET_ALLOW_HTTP:
+    INSTALLED_APPS.append("shoptet_emulator")
 
 for _name in ("SHOPTET_OAUTH_URL", "SHOPTET_API_URL"):
     _url = globals()[_name]

@@ -1,4 +1,4 @@
-"""Shared fixtures. The Shoptet emulator fixtures come from `shoptet_api.emulator.testing` (a pytest
+"""Shared fixtures. The Shoptet emulator fixtures come from `shoptet_emulator.testing` (a pytest
 plugin loaded in pyproject's addopts)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth.services import install_addon
 from shoptet_api import tokens
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

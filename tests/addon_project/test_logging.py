@@ -30,9 +30,9 @@ from addon_project.celery import in_background
 from eshops.models import Eshop
 from shoptet_api import webhooks
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import ShoptetForbidden, ShoptetServerError
 from shoptet_api.models import WebhookEvent
+from shoptet_emulator import ShoptetEmulator
 
 ROOT = Path(__file__).resolve().parents[2]
 RECEIVER = "/webhooks/shoptet/"

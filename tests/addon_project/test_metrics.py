@@ -29,10 +29,10 @@ from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from shoptet_api import provisioning, tokens, webhooks
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
-from shoptet_api.emulator.server import PARTNER_OAUTH_PATH
 from shoptet_api.errors import ShoptetAPIError
 from shoptet_api.models import WebhookEvent
+from shoptet_emulator import ShoptetEmulator
+from shoptet_emulator.server import PARTNER_OAUTH_PATH
 
 TOKEN = "metrics-test-token-0123456789"
 ROOT = Path(__file__).resolve().parents[2]

@@ -22,8 +22,8 @@ from django.utils import timezone
 from eshops.models import Eshop, EshopSettings, SettingsChange
 from oauth.services import install_addon
 from shoptet_api import provisioning, tokens
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.models import WebhookEvent
+from shoptet_emulator import ShoptetEmulator
 
 if TYPE_CHECKING:
     from playwright.sync_api import (

@@ -12,7 +12,7 @@ from django.test import Client
 from eshops.models import Eshop
 from oauth.services import install_addon
 from shoptet_api import tasks, tokens
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

@@ -25,9 +25,9 @@ from eshops.models import ALLOWED_TRANSITIONS, Eshop, EshopTransition
 from oauth.services import install_addon
 from shoptet_api import provisioning, tasks, tokens
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import AddonNotInstalled, AddonSuspended
 from shoptet_api.models import WebhookEvent
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

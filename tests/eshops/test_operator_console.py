@@ -17,10 +17,10 @@ from eshops.models import Eshop, EshopTransition, OperatorAction
 from oauth.services import install_addon
 from shoptet_api import tokens
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import ProcessingPaused
 from shoptet_api.models import WebhookEvent
 from shoptet_api.tasks import post_install
+from shoptet_emulator import ShoptetEmulator
 
 if TYPE_CHECKING:
     from django.test.client import _MonkeyPatchedWSGIResponse as TestResponse

@@ -26,9 +26,9 @@ from eshops.models import Eshop, EshopSettings, SettingsChange
 from eshops.views import content_security_policy
 from oauth.services import install_addon
 from shoptet_api import provisioning, tokens
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.models import WebhookEvent
 from shoptet_api.types import BasicEshop
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

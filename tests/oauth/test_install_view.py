@@ -15,7 +15,7 @@ from django.db import OperationalError, connection, connections
 from django.test import Client
 
 from eshops.models import Eshop
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 INSTALL_URL = "/oauth/install/"
 

@@ -362,7 +362,11 @@ def test_a_port_held_by_our_own_leftover_is_named_with_its_pid_and_how_to_stop_i
             str(port),
         ],
         cwd=ROOT,
-        env={**runner_env(free_port(), port), "DEBUG": "true"},
+        env={
+            **runner_env(free_port(), port),
+            "DEBUG": "true",
+            "SHOPTET_ALLOW_HTTP": "true",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,

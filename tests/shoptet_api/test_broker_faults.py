@@ -17,7 +17,6 @@ from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from eshops.models import Eshop
 from shoptet_api import limiter, tokens
 from shoptet_api.client import ShoptetClient, retry_wait
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import (
     ShoptetMaxTokensReached,
     ShoptetRateLimited,
@@ -25,6 +24,7 @@ from shoptet_api.errors import (
     error_from_response,
 )
 from shoptet_api.oauth import exchange_code
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

@@ -20,7 +20,6 @@ from oauth import services
 from shoptet_api import client as client_module
 from shoptet_api import tokens, transport
 from shoptet_api.client import ShoptetClient, endpoint_label
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -33,6 +32,7 @@ from shoptet_api.errors import (
     ShoptetPartialSuccess,
     ShoptetServerError,
 )
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ import pytest
 
 from eshops.models import Eshop
 from shoptet_api import tokens
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

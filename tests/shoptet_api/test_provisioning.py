@@ -20,9 +20,9 @@ from eshops.models import Eshop
 from oauth.services import install_addon
 from shoptet_api import provisioning, tasks
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
-from shoptet_api.emulator.schemas import webhook_events
 from shoptet_api.errors import ShoptetBadRequest, ShoptetInvalidResponse
+from shoptet_emulator import ShoptetEmulator
+from shoptet_emulator.schemas import webhook_events
 
 pytestmark = pytest.mark.django_db
 

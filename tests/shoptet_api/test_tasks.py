@@ -13,7 +13,7 @@ from django.utils import timezone
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from shoptet_api import tasks, tokens
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

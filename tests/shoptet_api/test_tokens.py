@@ -23,7 +23,6 @@ from eshops.models import Eshop
 from oauth.services import install_addon
 from shoptet_api import tokens
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -31,6 +30,7 @@ from shoptet_api.errors import (
     ShoptetMaxTokensReached,
     ShoptetOAuthError,
 )
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

@@ -33,8 +33,8 @@ from eshops.models import Eshop, EshopTransition
 from oauth.services import install_addon
 from shoptet_api import provisioning, tasks, tokens, webhooks
 from shoptet_api.client import ShoptetClient
-from shoptet_api.emulator import ShoptetEmulator
 from shoptet_api.models import WebhookEvent
+from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 

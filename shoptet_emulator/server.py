@@ -38,8 +38,8 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from shoptet_api.emulator import data
-from shoptet_api.emulator.state import (
+from shoptet_emulator import data
+from shoptet_emulator.state import (
     EmulatedEshop,
     EmulatorState,
     FaultRule,
@@ -47,7 +47,7 @@ from shoptet_api.emulator.state import (
     shoptet_datetime,
 )
 
-logger = logging.getLogger("shoptet_api.emulator")
+logger = logging.getLogger("shoptet_emulator")
 
 PARTNER_OAUTH_PATH = "/action/ApiOAuthServer/"
 CONTROL_PREFIX = "/_emulator/"
@@ -451,7 +451,7 @@ class ShoptetEmulator(EmulatorState):
     def _validate(self, reply: Reply, request: Request) -> None:
         from jsonschema import ValidationError
 
-        from shoptet_api.emulator.schemas import validate_response
+        from shoptet_emulator.schemas import validate_response
 
         template = reply.route.partition(" ")[2] if reply.route else request.path
         try:
@@ -1008,7 +1008,7 @@ def _url_problem(url: Any) -> bool:
 
 
 def _webhook_problem(item: Any, taken: set[str]) -> tuple[int, str, str] | None:
-    from shoptet_api.emulator.schemas import webhook_events
+    from shoptet_emulator.schemas import webhook_events
 
     if not isinstance(item, dict) or set(item) - {"event", "url", "sendPayload"}:
         return (

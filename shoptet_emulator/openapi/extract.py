@@ -8,7 +8,7 @@ next to it. The copy is verbatim apart from YAML → JSON (status codes become s
 
 Regenerate after updating the reference copy::
 
-    .venv/bin/python shoptet_api/emulator/openapi/extract.py \
+    .venv/bin/python shoptet_emulator/openapi/extract.py \
         path/to/shoptet-openapi.yaml   # Shoptet's openapi/openapi.yaml
 
 It refuses to write when a chosen error answer stops using the schema most documented
@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 HERE = Path(__file__).resolve().parent
-DEFAULT_SOURCE = HERE.parents[3] / "shared" / "reference" / "shoptet-openapi.yaml"
+DEFAULT_SOURCE = HERE.parents[2] / "shared" / "reference" / "shoptet-openapi.yaml"
 TARGET = HERE / "shoptet-openapi-subset.json"
 
 # (path, method, statuses) the emulator answers. The error entries are representative
@@ -136,7 +136,7 @@ def extract(source: Path) -> dict[str, Any]:
             "title": document["info"]["title"] + " (emulator subset)",
             "version": document["info"]["version"],
             "x-source": "github.com/shoptet/developers openapi/openapi.yaml; "
-            "regenerate with shoptet_api/emulator/openapi/extract.py",
+            "regenerate with shoptet_emulator/openapi/extract.py",
         },
         "paths": paths,
         "components": {

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shoptet_api.emulator.testing import EMULATOR_REDIRECT_URI
+from shoptet_emulator.testing import EMULATOR_REDIRECT_URI
 
 # The official install sample's "Expected response", plus `trial` (adbros SDK).
 INSTALL_RESPONSE_KEYS = {

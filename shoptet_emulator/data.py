@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from shoptet_api.emulator.state import EmulatedEshop, shoptet_datetime
+from shoptet_emulator.state import EmulatedEshop, shoptet_datetime
 
 # Order timestamps count back from a fixed moment so pages are stable between calls.
 _ORDERS_EPOCH = datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)

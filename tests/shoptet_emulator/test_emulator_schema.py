@@ -1,7 +1,7 @@
 """Every emulated answer, success and error, against Shoptet's official schemas.
 
 API answers are validated against the OpenAPI subset extracted from the official
-description (``shoptet_api/emulator/openapi/``). The OAuth servers are not in the
+description (``shoptet_emulator/openapi/``). The OAuth servers are not in the
 OpenAPI; their answers are checked against schemas written from the official
 install sample and SDK fixtures (reference §1.2, §2).
 """
@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import requests
 
-from shoptet_api.emulator import data, schemas
+from shoptet_emulator import data, schemas
 
 ERROR_CODE = {"type": "string", "minLength": 1}
 API_ERROR_ENVELOPE = {

@@ -1,7 +1,7 @@
 """pytest fixtures for the Shoptet emulator (a plugin module).
 
 Load it from the project's conftest with
-``pytest_plugins = ["shoptet_api.emulator.testing"]`` or ``-p shoptet_api.emulator.testing``.
+``pytest_plugins = ["shoptet_emulator.testing"]`` or ``-p shoptet_emulator.testing``.
 
 * ``shoptet_emulator_server``: one emulator for the whole session on a free loopback port.
 * ``shoptet_emulator``: the same instance, ``reset()`` before each test.
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 EMULATOR_CLIENT_ID = "emulator-client-id"
 EMULATOR_CLIENT_SECRET = "emulator-client-secret"  # noqa: S105 - a fake for tests

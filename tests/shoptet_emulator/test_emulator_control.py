@@ -17,9 +17,9 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_control_install_creates_a_shop_and_a_usable_code(emu_client):
@@ -165,8 +165,8 @@ def test_control_install_can_call_the_addon_like_shoptet(addon_and_emulator):
 
 def test_core_emulator_does_not_import_django():
     code = (
-        "import sys, shoptet_api.emulator, shoptet_api.emulator.schemas;"
-        "from shoptet_api.emulator import ShoptetEmulator;"
+        "import sys, shoptet_emulator, shoptet_emulator.schemas;"
+        "from shoptet_emulator import ShoptetEmulator;"
         "e = ShoptetEmulator().start(); e.stop();"
         "bad = [m for m in sys.modules if m == 'django' or m.startswith('django.')];"
         "assert not bad, bad"

@@ -12,7 +12,7 @@ from email.utils import parsedate_to_datetime
 import pytest
 import requests
 
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 
 def test_answers_carry_the_envelope_and_request_id(emu_client):

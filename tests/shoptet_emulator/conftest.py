@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import requests
 
-from shoptet_api.emulator import ShoptetEmulator
-from shoptet_api.emulator.testing import (
+from shoptet_emulator import ShoptetEmulator
+from shoptet_emulator.testing import (
     EMULATOR_CLIENT_ID,
     EMULATOR_CLIENT_SECRET,
     EMULATOR_REDIRECT_URI,
