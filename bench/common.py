@@ -30,7 +30,7 @@ from multiprocessing.managers import BaseManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
-from shoptet_api.emulator import ShoptetEmulator
+from shoptet_emulator import ShoptetEmulator
 
 if TYPE_CHECKING:
     from eshops.models import Eshop
