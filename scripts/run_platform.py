@@ -458,6 +458,12 @@ def main() -> None:
 def run(processes: dict[str, subprocess.Popen[bytes]], beat_dir: str) -> None:
     hold_instance_lock()
     check_redis()
+    # /metrics for the demo: a fresh token per run, and one metrics directory for the web server, the
+    # worker and beat, so the counters of all of them add up (as in production).
+    os.environ.setdefault("METRICS_TOKEN", secrets.token_urlsafe(24))
+    metrics_dir = Path(beat_dir) / "metrics"
+    metrics_dir.mkdir()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
     check_ports_free()
 
     print("run: migrating the database")
@@ -544,6 +550,7 @@ def run(processes: dict[str, subprocess.Popen[bytes]], beat_dir: str) -> None:
         f"  Settings page as the Shoptet admin opens it (a fresh login code on every click):\n"
         f"             {EMULATOR}/_emulator/open-settings?eshopId={eshop_id}&lang=cs&url={WEB}/settings/\n"
         f"  Readiness: {WEB}/readyz\n"
+        f"  Metrics:   curl -H 'Authorization: Bearer {os.environ['METRICS_TOKEN']}' {WEB}/metrics\n"
         f"  Emulator:  {EMULATOR}/_emulator/stats\n"
         "  Ctrl-C (or kill -TERM, or closing this terminal) stops everything.\n"
         "================================================================\n",
