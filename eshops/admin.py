@@ -302,35 +302,12 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
             },
         ),
     ]
+    # The page is read-only: operators act through the audited actions, never by editing fields.
     readonly_fields = [
-        "processing_paused_at",
-        "processing_paused_by",
-        "admin_oauth_url",
-        "eshop_id",
-        "name",
-        "url",
-        "contact_email",
-        "status",
-        "status_reason",
-        "status_changed_at",
-        "trial",
-        "state",
-        "missing_rights_table",
-        "webhooks_table",
-        "recent_webhook_events",
-        "has_oauth_token",
-        "has_signature_key",
-        "token_health_summary",
-        "signature_key_renewed_at",
-        "oauth_token_received_at",
-        "installed_at",
-        "last_installed_at",
-        "install_count",
-        "setup_completed_at",
-        "lifecycle_event_at",
-        "uninstalled_at",
-        "created_at",
-        "updated_at",
+        field
+        for _, options in fieldsets
+        for field in options["fields"]
+        if isinstance(field, str)
     ]
     inlines = [EshopTransitionInline]
     actions = [
