@@ -43,6 +43,7 @@ from shoptet_emulator.state import (
     EmulatedEshop,
     EmulatorState,
     FaultRule,
+    InFlight,
     mask_token,
     shoptet_datetime,
 )
@@ -144,6 +145,7 @@ class Reply:
     content_type: str = JSON_TYPE
     route: str | None = None  # "METHOD /template" of the API route that answered
     custom: bool = False  # a body a test asked for: sent verbatim, never validated
+    trickle: float = 0.0  # > 0: send the whole answer one byte every this many seconds
 
     def encoded(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -412,27 +414,36 @@ class ShoptetEmulator(EmulatorState):
                 time.sleep(delay)  # outside the state lock: concurrent clients overlap
             if fault is not None and fault.kind == "drop":
                 return None
-            if fault is not None:
+            if fault is not None and fault.kind == "trickle":
+                # The usual answer, only sent slowly (see _Handler._send).
+                reply = self._answer(request, token, ticket, is_api=is_api)
+                reply.trickle = fault.interval
+            elif fault is not None:
                 reply = self._fault_reply(fault, request, token=token, is_api=is_api)
-            elif ticket.over_limit:
-                # Shoptet enforces this in nginx (limit_conn per_token 3 -> 429). The real
-                # body is probably nginx's HTML page; we answer an envelope, so clients must
-                # not depend on the body of a 429 anyway.
-                reply = api_error(
-                    429,
-                    "too-many-requests",
-                    "Too many concurrent connections for this access token.",
-                    headers={"Retry-After": http_date_in(1)},
-                )
-            elif is_api:
-                reply = self._api(request, token)
             else:
-                reply = self._oauth(request)
+                reply = self._answer(request, token, ticket, is_api=is_api)
         finally:
             self.leave_request(ticket)
         if is_api:
             self._finish_api(reply, request, ticket.eshop_id)
         return reply
+
+    def _answer(
+        self, request: Request, token: str | None, ticket: InFlight, *, is_api: bool
+    ) -> Reply:
+        if ticket.over_limit:
+            # Shoptet enforces this in nginx (limit_conn per_token 3 -> 429). The real
+            # body is probably nginx's HTML page; we answer an envelope, so clients must
+            # not depend on the body of a 429 anyway.
+            return api_error(
+                429,
+                "too-many-requests",
+                "Too many concurrent connections for this access token.",
+                headers={"Retry-After": http_date_in(1)},
+            )
+        if is_api:
+            return self._api(request, token)
+        return self._oauth(request)
 
     def _finish_api(self, reply: Reply, request: Request, eshop_id: int | None) -> None:
         request_id = uuid7()
@@ -1214,6 +1225,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _send(self, reply: Reply) -> None:
         payload = reply.encoded()
+        if reply.trickle > 0:
+            self._send_trickling(reply, payload)
+            return
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -1224,6 +1238,23 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:
             self.close_connection = True
+
+    def _send_trickling(self, reply: Reply, payload: bytes) -> None:
+        """The whole answer, one byte at a time, until it is sent or the client hangs up."""
+        self.close_connection = True
+        head = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
+        head.append(f"Content-Type: {reply.content_type}")
+        head.append(f"Content-Length: {len(payload)}")
+        head.extend(f"{name}: {value}" for name, value in reply.headers.items())
+        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        try:
+            for index in range(len(raw)):
+                if index:
+                    time.sleep(reply.trickle)
+                self.wfile.write(raw[index : index + 1])
+                self.wfile.flush()
+        except OSError:
+            logger.debug("trickled answer ended by the client")
 
     def log_message(self, format: str, *args: Any) -> None:
         # The stdlib logs the full request line, query string included; stay quiet.

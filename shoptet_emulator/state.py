@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 AddonState = Literal["active", "suspended", "not_installed"]
-FaultKind = Literal["fail", "drop", "lock"]
+FaultKind = Literal["fail", "drop", "lock", "trickle"]
 
 FIRST_ESHOP_ID = 100001
 INSTALL_CODE_LENGTH = 255  # "a 255 character long string" (OpenAPI "For Addons")
@@ -163,6 +163,7 @@ class FaultRule:
     status: int = 500
     body: Any = None
     retry_after: float | None = None
+    interval: float = 0.0  # "trickle": seconds between two bytes of the answer
 
 
 @dataclass(frozen=True)
@@ -323,6 +324,14 @@ class EmulatorState:
     def drop_next(self, count: int, path_prefix: str = "/") -> None:
         """Close the socket without answering the next ``count`` matching requests."""
         self._arm(FaultRule("drop", count, path_prefix))
+
+    def trickle_next(self, count: int, interval: float, path_prefix: str = "/") -> None:
+        """Send the next ``count`` matching answers (status line, headers and body) one byte
+        every ``interval`` seconds, as a slow or hostile server would: each read gets a byte in
+        time, so only a wall-clock deadline on the client side ends the call."""
+        if interval <= 0:
+            raise ValueError("interval must be positive")
+        self._arm(FaultRule("trickle", count, path_prefix, interval=float(interval)))
 
     def lock_next(self, count: int, path_prefix: str = "/api/") -> None:
         """Answer the next ``count`` matching API requests with 423 Locked."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 
 import pytest
@@ -177,3 +179,40 @@ def test_reset_forgets_everything(emu_client):
     assert emu_client.emu.oauth_token_for(eshop_id) is None
     assert emu_client.api("GET", "/api/eshop", token).status_code == 401
     assert emu_client.emu.add_eshop().eshop_id == 100001
+
+
+def _raw_get(emu, path: str, headers: dict[str, str]) -> list[bytes]:
+    """The answer to one GET as the chunks `recv` returned them (nothing buffers in between)."""
+    host, port = emu.base_url.removeprefix("http://").split(":")
+    lines = [f"GET {path} HTTP/1.1", f"Host: {host}", "Connection: close"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    chunks = []
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    return chunks
+
+
+def test_trickle_next_sends_the_usual_answer_one_byte_at_a_time(emu_client):
+    _, oauth_token = emu_client.install()
+    path = emu_client.emu.oauth_url.removeprefix(emu_client.emu.base_url)
+    emu_client.emu.trickle_next(1, 0.003, path_prefix=path + "getAccessToken")
+    headers = {"Authorization": f"Bearer {oauth_token}"}
+
+    trickled = _raw_get(emu_client.emu, path + "getAccessToken", headers)
+    normal = _raw_get(emu_client.emu, path + "getAccessToken", headers)
+
+    answer = b"".join(trickled)
+    assert answer.startswith(b"HTTP/1.1 200 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["access_token"]
+    # Byte by byte: the status line's first byte arrives alone, and so do most of the others
+    # (a busy machine may let a few pile up between two reads).
+    assert trickled[0] == b"H"
+    assert len(trickled) >= len(answer) // 4
+    assert len(normal) < len(b"".join(normal)) // 4
+
+
+def test_trickle_next_needs_a_positive_interval(shoptet_emulator):
+    with pytest.raises(ValueError, match="interval"):
+        shoptet_emulator.trickle_next(1, 0)
