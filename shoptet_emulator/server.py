@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 from shoptet_emulator import data
+from shoptet_emulator.catalog import Catalog
 from shoptet_emulator.state import (
     EmulatedEshop,
     EmulatorState,
@@ -55,6 +56,11 @@ CONTROL_PREFIX = "/_emulator/"
 MAX_BODY_BYTES = 10 * 1024 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
 ORDERS_PER_PAGE = (50, 50)  # (default, max) for /api/orders, from the spec
+PRODUCTS_PER_PAGE = (20, 1000)
+# /api/orders/changes says "default 20, max 1000"; /api/products/changes "default and
+# max 1000". UNCERTAIN which is right; both use the orders wording here.
+CHANGES_PER_PAGE = (20, 1000)
+CHANGES_HISTORY_DAYS = 30
 WEBHOOKS_PER_PAGE = (20, 500)
 WEBHOOK_URL_MAX = 2000
 # Registering both events of a pair answers 409 (OpenAPI "Webhooks").
@@ -146,6 +152,7 @@ class Reply:
     route: str | None = None  # "METHOD /template" of the API route that answered
     custom: bool = False  # a body a test asked for: sent verbatim, never validated
     trickle: float = 0.0  # > 0: send the whole answer one byte every this many seconds
+    items: int = 0  # items returned (the bucket charges for them)
 
     def encoded(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -327,6 +334,20 @@ class ShoptetEmulator(EmulatorState):
         """What ``SHOPTET_API_URL`` is set to; API paths are ``/api/...``."""
         return self.base_url
 
+    def shop_url(self, eshop_id: int) -> str:
+        """The e-shop's own web host in the emulator: ``http://127.0.0.1:<port>/shop/<id>/``.
+
+        New e-shops get it as their ``url`` once the server is listening (install
+        answer, ``/api/eshop``), and snapshot results are served under it, like the
+        real ``https://<eshop-domain>/api-results/...``.
+        """
+        return f"{self.base_url}/shop/{eshop_id}/"
+
+    def _default_shop_url(self, eshop_id: int) -> str:
+        if self._server is None:
+            return super()._default_shop_url(eshop_id)
+        return self.shop_url(eshop_id)
+
     def customer_oauth_url(self, eshop_id: int) -> str:
         """The e-shop's own OAuthServer base, as ``/api/eshop`` ``urls[oauth]`` says."""
         return data.customer_oauth_url(self.base_url, eshop_id)
@@ -344,6 +365,14 @@ class ShoptetEmulator(EmulatorState):
         return f"{self.redirect_uri}{separator}{urlencode({'code': code})}"
 
     # -- webhooks out -----------------------------------------------------------
+
+    def _notify(self, eshop_id: int, event: str, instance: str) -> None:
+        """Deliver an event a knob caused, if registered and ``auto_webhooks`` is on."""
+        if not self.auto_webhooks:
+            return
+        if not any(hook.event == event for hook in self.webhooks_of(eshop_id)):
+            return
+        self.deliver_webhook(eshop_id, event, instance)
 
     def webhook_request(
         self,
@@ -395,7 +424,9 @@ class ShoptetEmulator(EmulatorState):
             url = hooks[0].url
         body, headers = self.webhook_request(eshop_id, event, event_instance)
         self.record_webhook_delivery(eshop_id)
-        return _post(url, body, headers, timeout=timeout)
+        status = _post(url, body, headers, timeout=timeout)
+        self.record_webhook_result(eshop_id, event, event_instance, status)
+        return status
 
     # -- request handling -------------------------------------------------------
 
@@ -697,6 +728,11 @@ class ShoptetEmulator(EmulatorState):
         table: list[tuple[str, str, Handler]] = [
             ("GET", "/api/eshop", self._eshop_info),
             ("GET", "/api/orders", self._orders),
+            ("GET", "/api/orders/changes", self._order_changes),
+            ("GET", "/api/orders/{code}", self._order_detail),
+            ("GET", "/api/products", self._products),
+            ("GET", "/api/products/changes", self._product_changes),
+            ("GET", "/api/products/{guid}", self._product_detail),
             ("POST", "/api/webhooks/renew-signature-key", self._renew_signature_key),
             ("GET", "/api/webhooks", self._list_webhooks),
             ("POST", "/api/webhooks", self._register_webhooks),
@@ -706,7 +742,13 @@ class ShoptetEmulator(EmulatorState):
         ]
         routes = []
         for method, template, handler in table:
-            pattern = re.escape(template).replace(r"\{id\}", r"(?P<id>\d+)")
+            pattern = (
+                re.escape(template)
+                .replace(r"\{id\}", r"(?P<id>\d+)")
+                .replace(r"\{jobId\}", r"(?P<jobId>[^/]+)")
+                .replace(r"\{code\}", r"(?P<code>[^/]+)")
+                .replace(r"\{guid\}", r"(?P<guid>[^/]+)")
+            )
             routes.append(_Route(method, template, re.compile(pattern), handler))
         return routes
 
@@ -740,10 +782,13 @@ class ShoptetEmulator(EmulatorState):
         shop: EmulatedEshop,
         params: dict[str, str],
     ) -> Reply:
-        """Run ``route`` if the e-shop's leaky bucket has room."""
-        is_orders = route.template == "/api/orders"
-        cost = self.orders_page_cost if is_orders else self.request_cost
-        bucket = self.charge(shop.eshop_id, cost)
+        """Run ``route`` if the e-shop's leaky bucket has room, then pour its cost in.
+
+        The cost model (Shoptet does not publish one) is in ``EmulatorState``'s
+        docstring: ``request_cost`` per request, one more drop per ``items_per_drop``
+        items returned, ``snapshot_cost`` for starting a snapshot job.
+        """
+        bucket = self.admit(shop.eshop_id, route.key)
         if not bucket.admitted:
             # UNCERTAIN: the errorCode; the status and both headers are documented.
             return api_error(
@@ -756,7 +801,9 @@ class ShoptetEmulator(EmulatorState):
                 },
             )
         reply = route.handler(request, shop, params)
-        reply.headers["X-RateLimit-Bucket-Filling"] = bucket.filling
+        reply.headers["X-RateLimit-Bucket-Filling"] = self.pour(
+            shop.eshop_id, self.request_price(route.template, reply)
+        )
         return reply
 
     def _eshop_info(
@@ -773,12 +820,138 @@ class ShoptetEmulator(EmulatorState):
     def _orders(
         self, request: Request, shop: EmulatedEshop, _: dict[str, str]
     ) -> Reply:
-        page = _paginate(request, shop.order_count, ORDERS_PER_PAGE)
+        catalog = shop.orders
+        page = _paginate(request, self.live_total(catalog), ORDERS_PER_PAGE)
         if isinstance(page, Reply):
             return page
         first, count, paginator = page
-        orders = [data.order(shop, index) for index in range(first, first + count)]
-        return Reply(200, envelope({"orders": orders, "paginator": paginator}))
+        numbers = self.newest_numbers(catalog, first, count)
+        orders = [data.order_list_item(o) for o in self.order_details(shop, numbers)]
+        return _items_reply({"orders": orders, "paginator": paginator}, len(orders))
+
+    def _products(
+        self, request: Request, shop: EmulatedEshop, _: dict[str, str]
+    ) -> Reply:
+        catalog = shop.products
+        page = _paginate(request, self.live_total(catalog), PRODUCTS_PER_PAGE)
+        if isinstance(page, Reply):
+            return page
+        first, count, paginator = page
+        numbers = self.newest_numbers(catalog, first, count)
+        products = [
+            data.product_list_item(p) for p in self.product_details(shop, numbers)
+        ]
+        return _items_reply(
+            {"products": products, "paginator": paginator}, len(products)
+        )
+
+    def _order_detail(
+        self, _r: Request, shop: EmulatedEshop, params: dict[str, str]
+    ) -> Reply:
+        code = params["code"]
+        number = data.order_number(code)
+        found = self.order_details(shop, [number]) if number is not None else []
+        if not found:
+            # UNCERTAIN: the spec documents only 200 here; the code follows
+            # "<entity>-not-found" (reference §3.3).
+            return api_error(
+                404, "order-not-found", f'Order with code "{code}" not found.', code
+            )
+        return _items_reply({"order": found[0]}, 1)
+
+    def _product_detail(
+        self, _r: Request, shop: EmulatedEshop, params: dict[str, str]
+    ) -> Reply:
+        guid = params["guid"]
+        number = data.product_number(shop.eshop_id, guid)
+        found = self.product_details(shop, [number]) if number is not None else []
+        if not found:
+            return api_error(
+                404,
+                "product-not-found",
+                f'Product with guid "{guid}" not found.',
+                guid,
+            )
+        # The spec's product detail puts the product itself in ``data``.
+        return _items_reply(found[0], 1)
+
+    def _order_changes(
+        self, request: Request, shop: EmulatedEshop, _: dict[str, str]
+    ) -> Reply:
+        return self._changes(request, shop.orders, "code", data.order_code)
+
+    def _product_changes(
+        self, request: Request, shop: EmulatedEshop, _: dict[str, str]
+    ) -> Reply:
+        eshop_id = shop.eshop_id
+        return self._changes(
+            request,
+            shop.products,
+            "guid",
+            lambda number: data.product_guid(eshop_id, number),
+        )
+
+    def _changes(
+        self,
+        request: Request,
+        catalog: Catalog,
+        key: str,
+        identify: Callable[[int], str],
+    ) -> Reply:
+        """``/changes?from=``: each item's latest change since ``from``, oldest first.
+
+        A ``from`` older than the 30 days of guaranteed history answers 400
+        ``invalid-parameter``: Shoptet documents no error for it (it just drops old
+        entries), and a silent gap would hide the client's bug.
+        """
+        raw = request.param("from")
+        if not raw:
+            return api_error(
+                400,
+                "missing-parameter",
+                'Missing value for parameter "from".',
+                "from",
+            )
+        since = _parse_from(raw)
+        if since is None:
+            # Typically a "+" sent unencoded: the query string turns it into a space.
+            return api_error(
+                400,
+                "invalid-parameter",
+                f'Invalid "from" parameter "{raw[:40]}": expected a date-time '
+                "like 2018-01-01T01:01:01+0200 (encode the + as %2B).",
+                "from",
+            )
+        if since < time.time() - CHANGES_HISTORY_DAYS * 86400:
+            return api_error(
+                400,
+                "invalid-parameter",
+                f'Invalid "from" parameter: the change history is kept for '
+                f"{CHANGES_HISTORY_DAYS} days only.",
+                "from",
+            )
+        change_type = request.param("changeType")
+        if change_type not in {None, "edit", "delete"}:
+            return api_error(
+                400,
+                "invalid-parameter",
+                'Invalid "changeType" parameter: use edit or delete.',
+                "changeType",
+            )
+        entries = self.change_log(catalog, since, change_type)
+        page = _paginate(request, len(entries), CHANGES_PER_PAGE)
+        if isinstance(page, Reply):
+            return page
+        first, count, paginator = page
+        changes = [
+            {
+                key: identify(number),
+                "changeTime": data.prague_datetime(moment),
+                "changeType": kind,
+            }
+            for moment, number, kind in entries[first : first + count]
+        ]
+        return _items_reply({"changes": changes, "paginator": paginator}, count)
 
     def _renew_signature_key(
         self, _r: Request, shop: EmulatedEshop, _: dict[str, str]
@@ -1058,6 +1231,23 @@ def _webhook_problem(item: Any, taken: set[str]) -> tuple[int, str, str] | None:
                 f"Event {event} cannot be registered together with {other}.",
             )
     return None
+
+
+def _items_reply(body: dict[str, Any], items: int) -> Reply:
+    reply = Reply(200, envelope(body))
+    reply.items = items
+    return reply
+
+
+def _parse_from(raw: str) -> float | None:
+    """``from`` of ``/changes`` as epoch seconds; ``+0200`` and ``+02:00`` both work."""
+    try:
+        moment = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        return None
+    return moment.timestamp()
 
 
 def _paginate(

@@ -16,8 +16,13 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any, Literal
+
+from shoptet_emulator import data
+from shoptet_emulator.catalog import Catalog
+from shoptet_emulator.data import shoptet_datetime
+
+__all__ = ["EmulatedEshop", "EmulatorState", "shoptet_datetime"]
 
 AddonState = Literal["active", "suspended", "not_installed"]
 FaultKind = Literal["fail", "drop", "lock", "trickle"]
@@ -43,11 +48,6 @@ def random_token(length: int, alphabet: str = _TOKEN_ALPHABET) -> str:
 def urlsafe_token(length: int) -> str:
     """Return a URL-safe random string of exactly ``length`` characters."""
     return secrets.token_urlsafe(length)[:length]
-
-
-def shoptet_datetime(moment: datetime | None = None) -> str:
-    """Format like Shoptet's ``typeDateTime``: ``2018-05-29T09:02:27+0200``."""
-    return (moment or datetime.now(UTC)).strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def mask_token(token: str) -> str:
@@ -89,7 +89,6 @@ class EmulatedEshop:
     name: str
     trial: bool = False
     addon_state: AddonState = "not_installed"
-    order_count: int = 0
     denied_endpoints: set[str] = field(default_factory=set)
     webhooks: dict[int, Webhook] = field(default_factory=dict)
     oauth_token: str | None = field(default=None, repr=False)
@@ -98,6 +97,13 @@ class EmulatedEshop:
     api_tokens: dict[str, float] = field(default_factory=dict, repr=False)
     bucket_level: float = field(default=0.0, repr=False)
     bucket_time: float = field(default=0.0, repr=False)
+    orders: Catalog = field(default_factory=Catalog, repr=False)
+    products: Catalog = field(default_factory=Catalog, repr=False)
+
+    @property
+    def order_count(self) -> int:
+        """Orders the shop has now (deleted ones excluded)."""
+        return self.orders.live_count
 
 
 @dataclass
@@ -118,6 +124,14 @@ class EmulatorStats:
     concurrency_rejections: Counter[int] = field(default_factory=Counter)
     bucket_rejections: Counter[int] = field(default_factory=Counter)
     webhook_deliveries: Counter[int] = field(default_factory=Counter)
+    # (eshop id, "METHOD /template") -> requests that reached the route's bucket check
+    endpoint_requests: Counter[tuple[int, str]] = field(default_factory=Counter)
+    drops: Counter[int] = field(default_factory=Counter)  # drops poured, per e-shop
+    snapshot_jobs: Counter[int] = field(default_factory=Counter)
+    job_polls: Counter[int] = field(default_factory=Counter)
+    result_downloads: Counter[int] = field(default_factory=Counter)
+    # (eshop id, event, eventInstance, receiver's status or None) per delivery
+    webhook_log: list[tuple[int, str, str, int | None]] = field(default_factory=list)
     status_counts: Counter[tuple[str, int]] = field(default_factory=Counter)
     # (method, path, status); status 0 means the emulator dropped the connection.
     requests: list[tuple[str, str, int]] = field(default_factory=list)
@@ -141,6 +155,14 @@ class EmulatorStats:
             "concurrencyRejections": _keyed(self.concurrency_rejections),
             "bucketRejections": _keyed(self.bucket_rejections),
             "webhookDeliveries": _keyed(self.webhook_deliveries),
+            "endpointRequests": {
+                f"{eshop_id} {route}": count
+                for (eshop_id, route), count in self.endpoint_requests.items()
+            },
+            "drops": {str(key): value for key, value in self.drops.items()},
+            "snapshotJobs": _keyed(self.snapshot_jobs),
+            "jobPolls": _keyed(self.job_polls),
+            "resultDownloads": _keyed(self.result_downloads),
             "statusCounts": {
                 f"{path} {status}": count
                 for (path, status), count in self.status_counts.items()
@@ -223,6 +245,24 @@ class EmulatorState:
     Knobs that are plain numbers (``token_lifetime``, ``max_valid_tokens``,
     ``bucket_capacity``, ...) are ordinary attributes: a single assignment is
     atomic, and every reader takes them under the lock.
+
+    Rate limits, as Shoptet enforces them (reference §3.4):
+
+    * at most ``max_connections_per_token`` (3) requests in flight per API token;
+      the 4th gets 429 at once (nginx ``limit_conn``);
+    * a leaky bucket per e-shop of ``bucket_capacity`` (200) drops draining at
+      ``bucket_leak_per_second`` (10). A request is admitted while the bucket is
+      not full and priced *after* it ran, so it may overfill the bucket; a request
+      that finds it full gets 429 with ``Retry-After`` (an HTTP date) and costs
+      nothing. Every API answer carries ``X-RateLimit-Bucket-Filling: n/200``.
+
+    Shoptet does not publish what a request costs. The emulator's model:
+    ``request_cost`` (1) drop per request, plus one drop for every full
+    ``items_per_drop`` (50) items it returned (a page of 50 orders costs 2, of
+    1,000 changes 21; a detail costs 1), and ``snapshot_cost`` (5) for starting a
+    snapshot job. Downloading a job's result from the shop's own host is free:
+    it is not an API call. ``EmulatorStats`` counts requests per endpoint, drops
+    poured, 429s, snapshot jobs started and job polls per e-shop.
     """
 
     def __init__(
@@ -254,10 +294,13 @@ class EmulatorState:
         self.max_valid_tokens = 5
         self.bucket_capacity = 200
         self.bucket_leak_per_second = 10.0
+        # The cost model (see the class docstring).
         self.request_cost = 1
-        # Shoptet charges by result size; a full orders page is one of the dearer calls.
-        self.orders_page_cost = 5
+        self.items_per_drop = 50
+        self.snapshot_cost = 5
         self.max_connections_per_token = 3
+        # Knobs that change orders/products deliver order:* webhooks when registered.
+        self.auto_webhooks = True
         self.stats = EmulatorStats()
         self._eshops: dict[int, EmulatedEshop] = {}
         self._next_eshop_id = FIRST_ESHOP_ID
@@ -388,13 +431,17 @@ class EmulatorState:
             return existing
         shop = EmulatedEshop(
             eshop_id=eshop_id,
-            url=url or f"https://shop-{eshop_id}.myshoptet.com/",
+            url=url or self._default_shop_url(eshop_id),
             contact_email=contact_email or f"owner-{eshop_id}@example.com",
             name=name or f"Emulated shop {eshop_id}",
             trial=trial,
         )
         self._eshops[eshop_id] = shop
         return shop
+
+    def _default_shop_url(self, eshop_id: int) -> str:
+        """Where an e-shop lives when a test gives no URL (the server serves it)."""
+        return f"https://shop-{eshop_id}.myshoptet.com/"
 
     def get_eshop(self, eshop_id: int) -> EmulatedEshop:
         """Return the e-shop; ``KeyError`` when the emulator does not know it."""
@@ -409,11 +456,6 @@ class EmulatorState:
     def eshops(self) -> list[EmulatedEshop]:
         with self._lock:
             return list(self._eshops.values())
-
-    def add_orders(self, eshop_id: int, count: int) -> None:
-        """Seed ``count`` more orders (built on demand, so 10,000 shops stay cheap)."""
-        with self._lock:
-            self._eshops[eshop_id].order_count += count
 
     def set_addon_state(self, eshop_id: int, state: AddonState) -> None:
         """Suspend, uninstall or reactivate the addon on one e-shop.
@@ -435,6 +477,179 @@ class EmulatorState:
     def allow_endpoint(self, eshop_id: int, endpoint: str) -> None:
         with self._lock:
             self._eshops[eshop_id].denied_endpoints.discard(_route_key(endpoint))
+
+    # -- orders, products and their changes (sync) ---------------------------------
+
+    def add_orders(
+        self,
+        eshop_id: int,
+        count: int,
+        *,
+        history_days: float = 0.0,
+        notify: bool = False,
+    ) -> list[str]:
+        """Seed ``count`` more orders; their codes, oldest first.
+
+        Orders are built on demand from their number (``catalog.py``), so a shop
+        with 100,000 orders costs a few hundred bytes until a knob edits one. They
+        are created now, or spread evenly over the last ``history_days`` (older
+        than 30 days: out of ``/changes``). ``notify`` delivers ``order:create``
+        for each when the shop registered it. A negative ``count`` deletes the
+        newest orders instead (their codes are returned).
+        """
+        if count < 0:
+            with self._lock:
+                shop = self._eshops[eshop_id]
+                doomed = [
+                    data.order_code(shop.orders.newest(offset))
+                    for offset in range(min(-count, shop.orders.live_count))
+                ]
+            for code in doomed:
+                self.delete_order(eshop_id, code)
+            return doomed
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            numbers = (
+                shop.orders.add(count, time.time(), history_days * 86400)
+                if count
+                else range(0)
+            )
+        codes = [data.order_code(number) for number in numbers]
+        if notify:
+            for code in codes:
+                self._notify(eshop_id, "order:create", code)
+        return codes
+
+    def add_products(
+        self, eshop_id: int, count: int, *, history_days: float = 0.0
+    ) -> list[str]:
+        """Seed ``count`` more products (built on demand like orders); their guids."""
+        if count < 0:
+            raise ValueError("count must not be negative")
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            numbers = (
+                shop.products.add(count, time.time(), history_days * 86400)
+                if count
+                else range(0)
+            )
+        return [data.product_guid(eshop_id, number) for number in numbers]
+
+    def edit_order(self, eshop_id: int, code: str, **fields: Any) -> str:
+        """Change an order's top-level fields (``status``, ``paid``, ``price``, ...).
+
+        Records an ``edit`` for ``/api/orders/changes`` and delivers ``order:update``
+        when registered. Returns the change time. ``KeyError`` for an unknown or
+        deleted order, ``ValueError`` for a field the order does not have.
+        """
+        unknown = set(fields) - data.ORDER_EDITABLE
+        if unknown:
+            raise ValueError(f"orders have no editable field(s) {sorted(unknown)}")
+        with self._lock:
+            catalog = self._eshops[eshop_id].orders
+            number = self._live_number(catalog, data.order_number(code), code)
+            moment = catalog.edit(number, copy.deepcopy(fields), time.time())
+        self._notify(eshop_id, "order:update", code)
+        return data.prague_datetime(moment)
+
+    def delete_order(self, eshop_id: int, code: str) -> str:
+        """Delete an order: its detail answers 404, ``/changes`` says ``delete``."""
+        with self._lock:
+            catalog = self._eshops[eshop_id].orders
+            number = self._live_number(catalog, data.order_number(code), code)
+            moment = catalog.delete(number, time.time())
+        self._notify(eshop_id, "order:delete", code)
+        return data.prague_datetime(moment)
+
+    def edit_product(self, eshop_id: int, guid: str, **fields: Any) -> str:
+        """Change a product's fields (``name``, ``visibility``, ...); like ``edit_order``."""
+        unknown = set(fields) - data.PRODUCT_EDITABLE
+        if unknown:
+            raise ValueError(f"products have no editable field(s) {sorted(unknown)}")
+        with self._lock:
+            catalog = self._eshops[eshop_id].products
+            number = self._live_number(
+                catalog, data.product_number(eshop_id, guid), guid
+            )
+            moment = catalog.edit(number, copy.deepcopy(fields), time.time())
+        return data.prague_datetime(moment)
+
+    def delete_product(self, eshop_id: int, guid: str) -> str:
+        with self._lock:
+            catalog = self._eshops[eshop_id].products
+            number = self._live_number(
+                catalog, data.product_number(eshop_id, guid), guid
+            )
+            moment = catalog.delete(number, time.time())
+        return data.prague_datetime(moment)
+
+    @staticmethod
+    def _live_number(catalog: Catalog, number: int | None, key: str) -> int:
+        if number is None or not catalog.is_live(number):
+            raise KeyError(f"no such item: {key}")
+        return number
+
+    def _notify(self, eshop_id: int, event: str, instance: str) -> None:
+        """A knob changed something Shoptet would announce; the server delivers it."""
+
+    def order_details(
+        self, shop: EmulatedEshop, numbers: list[int]
+    ) -> list[dict[str, Any]]:
+        """Detail-shaped orders for ``numbers`` (live ones only), in that order."""
+        with self._lock:
+            catalog = shop.orders
+            return [
+                data.order_detail(
+                    shop,
+                    number,
+                    created=catalog.created(number),
+                    changed=catalog.changed(number),
+                    overlay=catalog.overlay.get(number),
+                )
+                for number in numbers
+                if catalog.is_live(number)
+            ]
+
+    def product_details(
+        self, shop: EmulatedEshop, numbers: list[int]
+    ) -> list[dict[str, Any]]:
+        with self._lock:
+            catalog = shop.products
+            return [
+                data.product_detail(
+                    shop,
+                    number,
+                    created=catalog.created(number),
+                    changed=catalog.changed(number),
+                    overlay=catalog.overlay.get(number),
+                )
+                for number in numbers
+                if catalog.is_live(number)
+            ]
+
+    def newest_numbers(self, catalog: Catalog, first: int, count: int) -> list[int]:
+        """Live item numbers ``first .. first + count - 1``, newest first."""
+        with self._lock:
+            if not catalog.deleted:
+                top = catalog.count - first
+                return list(range(top, max(top - count, 0), -1))
+            return [catalog.newest(offset) for offset in range(first, first + count)]
+
+    def live_total(self, catalog: Catalog) -> int:
+        with self._lock:
+            return catalog.live_count
+
+    def change_log(
+        self, catalog: Catalog, since: float, change_type: str | None
+    ) -> list[tuple[float, int, str]]:
+        """Latest change per item at or after ``since``, oldest first."""
+        with self._lock:
+            entries = catalog.log_since(since)
+        if change_type is not None:
+            # Creation counts as an edit (OpenAPI "/changes").
+            wanted = {"edit": {"add", "edit"}, "delete": {"delete"}}[change_type]
+            entries = [entry for entry in entries if entry[2] in wanted]
+        return list(entries)
 
     # -- install (partner ApiOAuthServer) -----------------------------------------
 
@@ -636,6 +851,43 @@ class EmulatorState:
             shop.bucket_level = level + cost
             return BucketResult(admitted=True, filling=self._filling(shop.bucket_level))
 
+    def admit(self, eshop_id: int, route: str | None = None) -> BucketResult:
+        """Let a request in unless the e-shop's bucket is full (it pays afterwards)."""
+        now = time.monotonic()
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            if route is not None:
+                self.stats.endpoint_requests[(eshop_id, route)] += 1
+            level = self._leak(shop, now)
+            capacity = self.bucket_capacity
+            if level >= capacity:
+                self.stats.bucket_rejections[eshop_id] += 1
+                leak = self.bucket_leak_per_second
+                wait = (level - capacity) / leak + 1 / leak if leak > 0 else 60.0
+                return BucketResult(
+                    admitted=False, filling=self._filling(level), retry_after=wait
+                )
+            return BucketResult(admitted=True, filling=self._filling(level))
+
+    def pour(self, eshop_id: int, drops: int) -> str:
+        """Add a finished request's cost to the bucket; the new filling header."""
+        now = time.monotonic()
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            level = self._leak(shop, now) + drops
+            shop.bucket_level = level
+            self.stats.drops[eshop_id] += drops
+            return self._filling(level)
+
+    def request_price(self, template: str, reply: Any) -> int:
+        """Drops one answered API request costs (the model in the class docstring)."""
+        if reply.status >= 400:
+            return self.request_cost
+        if template.endswith("/snapshot"):
+            return self.snapshot_cost
+        per = self.items_per_drop
+        return self.request_cost + (reply.items // per if per > 0 else 0)
+
     def _leak(self, shop: EmulatedEshop, now: float) -> float:
         elapsed = max(0.0, now - shop.bucket_time)
         shop.bucket_level = max(
@@ -721,6 +973,15 @@ class EmulatorState:
     def record_webhook_delivery(self, eshop_id: int) -> None:
         with self._lock:
             self.stats.webhook_deliveries[eshop_id] += 1
+
+    def record_webhook_result(
+        self, eshop_id: int, event: str, instance: str, status: int | None
+    ) -> None:
+        with self._lock:
+            log = self.stats.webhook_log
+            log.append((eshop_id, event, instance, status))
+            if len(log) > REQUEST_LOG_LIMIT:
+                del log[: len(log) - REQUEST_LOG_LIMIT // 2]
 
     # -- customer e-shop OAuthServer (settings-page admin login) -----------------
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
@@ -85,3 +87,35 @@ def emu_client(
     shoptet_emulator: ShoptetEmulator, http: requests.Session
 ) -> EmulatorClient:
     return EmulatorClient(shoptet_emulator, http)
+
+
+class _HookReceiver(BaseHTTPRequestHandler):
+    """Records each POST it receives and answers 200 (a stand-in for the addon)."""
+
+    received: list[tuple[str, dict[str, str], bytes]]
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length)
+        type(self).received.append((self.path, dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        return
+
+
+@pytest.fixture
+def hook_receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, str], bytes]]]]:
+    """A webhook receiver on a loopback port: (base URL, what it received)."""
+
+    class Handler(_HookReceiver):
+        received: list[tuple[str, dict[str, str], bytes]] = []  # noqa: RUF012 - per fixture
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", Handler.received
+    server.shutdown()
+    server.server_close()

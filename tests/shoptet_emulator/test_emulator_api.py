@@ -47,9 +47,9 @@ def test_eshop_info_describes_the_shop_and_its_oauth_server(emu_client):
     data = emu_client.api("GET", "/api/eshop", token).json()["data"]
 
     assert data["contactInformation"]["eshopId"] == eshop_id
-    assert (
-        data["contactInformation"]["url"] == f"https://shop-{eshop_id}.myshoptet.com/"
-    )
+    # The shop's own host is served by the emulator (snapshot results live there).
+    assert data["contactInformation"]["url"] == emu_client.emu.shop_url(eshop_id)
+    assert emu_client.emu.shop_url(eshop_id).startswith(emu_client.emu.base_url)
     urls = {item["ident"]: item["url"] for item in data["urls"]}
     assert (
         urls["oauth"]
@@ -289,17 +289,19 @@ def test_full_bucket_answers_429_with_an_http_date(emu_client):
     assert emu_client.emu.stats.bucket_rejections[eshop_id] == 1
 
 
-def test_bucket_leaks_and_orders_pages_cost_more(emu_client):
-    _, token = emu_client.api_token()
+def test_bucket_leaks_and_charges_one_drop_plus_one_per_fifty_items(emu_client):
+    eshop_id, token = emu_client.api_token()
     emu_client.emu.bucket_leak_per_second = 0.0
-    emu_client.emu.orders_page_cost = 5
+    emu_client.emu.add_orders(eshop_id, 120)
 
-    emu_client.api("GET", "/api/orders", token)
+    emu_client.api("GET", "/api/orders", token)  # 50 orders: 1 + 1
+    emu_client.api("GET", "/api/orders", token, params={"page": 3})  # 20: 1 + 0
     filling = emu_client.api("GET", "/api/eshop", token).headers[
         "X-RateLimit-Bucket-Filling"
     ]
 
-    assert filling == "6/200"
+    assert filling == "4/200"
+    assert emu_client.emu.stats.drops[eshop_id] == 4
     emu_client.emu.bucket_leak_per_second = 100.0
     time.sleep(0.1)
     assert (

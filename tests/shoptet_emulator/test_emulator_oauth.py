@@ -41,7 +41,7 @@ def test_exchange_answers_the_documented_install_response(emu_client):
     assert body["token_type"] == "Bearer"
     assert body["scope"] == "api"
     assert body["eshopId"] == shop.eshop_id
-    assert body["eshopUrl"] == f"https://shop-{shop.eshop_id}.myshoptet.com/"
+    assert body["eshopUrl"] == emu_client.emu.shop_url(shop.eshop_id)
     assert body["contactEmail"] == "boss@example.com"
     assert body["trial"] is False
     assert len(body["access_token"]) == 255

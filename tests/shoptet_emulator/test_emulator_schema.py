@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import jsonschema
@@ -48,7 +49,7 @@ INSTALL_TOKEN = {
         "token_type": {"const": "Bearer"},
         "scope": {"const": "api"},
         "eshopId": {"type": "integer"},
-        "eshopUrl": {"type": "string", "pattern": "^https://.+/$"},
+        "eshopUrl": {"type": "string", "pattern": "^https?://.+/$"},
         "contactEmail": {"type": "string"},
         "trial": {"type": "boolean"},
     },
@@ -106,6 +107,7 @@ def shop(emu_client) -> Shop:
     eshop_id, oauth_token = emu_client.install()
     token = emu_client.mint(oauth_token).json()["access_token"]
     emu_client.emu.add_orders(eshop_id, 75)
+    emu_client.emu.add_products(eshop_id, 30)
     hook = emu_client.emu.add_webhook(
         eshop_id, "order:create", "https://addon.example/hook", None
     )
@@ -130,6 +132,8 @@ def _with(setup: Callable[[Any, Shop], None], call: Call) -> Call:
     return run
 
 
+# A ``from`` inside the 30 days of change history, with a "+" offset.
+RECENT = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S+0000")
 ALL_INCLUDES = "orderAdditionalFields,orderStatuses,paymentMethods,shippingMethods,imageCuts,countries,cashDesk"
 
 # (id, call, route template, expected status, expected errorCode or None)
@@ -163,6 +167,102 @@ API_CASES: list[tuple[str, Call, str, int, str | None]] = [
         "/api/orders",
         404,
         "page-not-found",
+    ),
+    ("products", _api("GET", "/api/products"), "/api/products", 200, None),
+    (
+        "products-bad-page",
+        _api("GET", "/api/products", params={"itemsPerPage": "0"}),
+        "/api/products",
+        400,
+        "invalid-parameter",
+    ),
+    (
+        "order-detail",
+        _api("GET", f"/api/orders/{data.order_code(75)}"),
+        "/api/orders/{code}",
+        200,
+        None,
+    ),
+    (
+        "order-detail-edited",
+        _with(
+            lambda emu_client, shop: emu_client.emu.edit_order(
+                shop.eshop_id,
+                data.order_code(3),
+                status={"id": -2, "name": "Vyřízena"},
+                paid=None,
+                email=None,
+            ),
+            _api("GET", f"/api/orders/{data.order_code(3)}"),
+        ),
+        "/api/orders/{code}",
+        200,
+        None,
+    ),
+    (
+        "order-detail-deleted",
+        _with(
+            lambda emu_client, shop: emu_client.emu.delete_order(
+                shop.eshop_id, data.order_code(3)
+            ),
+            _api("GET", f"/api/orders/{data.order_code(3)}"),
+        ),
+        "/api/orders/{code}",
+        404,
+        "order-not-found",
+    ),
+    (
+        "product-detail",
+        lambda emu_client, shop: emu_client.api(
+            "GET", f"/api/products/{data.product_guid(shop.eshop_id, 7)}", shop.token
+        ),
+        "/api/products/{guid}",
+        200,
+        None,
+    ),
+    (
+        "product-detail-unknown",
+        _api("GET", "/api/products/not-a-guid"),
+        "/api/products/{guid}",
+        404,
+        "product-not-found",
+    ),
+    (
+        "order-changes",
+        _with(
+            lambda emu_client, shop: emu_client.emu.delete_order(
+                shop.eshop_id, data.order_code(5)
+            ),
+            _api(
+                "GET",
+                "/api/orders/changes",
+                params={"from": RECENT},
+            ),
+        ),
+        "/api/orders/changes",
+        200,
+        None,
+    ),
+    (
+        "order-changes-bad-from",
+        _api("GET", "/api/orders/changes", params={"from": "yesterday"}),
+        "/api/orders/changes",
+        400,
+        "invalid-parameter",
+    ),
+    (
+        "order-changes-too-old",
+        _api("GET", "/api/orders/changes", params={"from": "2000-01-01T00:00:00+0100"}),
+        "/api/orders/changes",
+        400,
+        "invalid-parameter",
+    ),
+    (
+        "product-changes",
+        _api("GET", "/api/products/changes", params={"from": RECENT}),
+        "/api/products/changes",
+        200,
+        None,
     ),
     ("webhooks", _api("GET", "/api/webhooks"), "/api/webhooks", 200, None),
     (
