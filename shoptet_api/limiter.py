@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
@@ -63,7 +64,10 @@ _local_lock = threading.Lock()
 
 
 def parse_bucket_filling(value: str | None) -> tuple[float, float] | None:
-    """`X-RateLimit-Bucket-Filling: 120/200` → (120.0, 200.0); None when absent or malformed."""
+    """`X-RateLimit-Bucket-Filling: 120/200` → (120.0, 200.0); None when absent or malformed.
+
+    `inf` and `nan` are malformed too: a stored `inf/200` would pause every request for the
+    longest pause until the reading expires."""
     if not value or "/" not in value:
         return None
     current, _, maximum = value.partition("/")
@@ -71,7 +75,9 @@ def parse_bucket_filling(value: str | None) -> tuple[float, float] | None:
         level, top = float(current.strip()), float(maximum.strip())
     except ValueError:
         return None
-    return (level, top) if top > 0 else None
+    if not (math.isfinite(level) and math.isfinite(top)) or top <= 0:
+        return None
+    return level, top
 
 
 def bucket_pause(level: float, maximum: float, read_at: float, now: float) -> float:

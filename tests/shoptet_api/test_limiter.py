@@ -1,0 +1,404 @@
+"""The rate governor (`shoptet_api.limiter`) on real Redis: in-flight leases, their release, the
+deadline, bucket pacing and its maths, and the per-process fallback while Redis is down."""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from addon_project.redis_client import get_redis
+from shoptet_api import limiter
+from shoptet_api.errors import ShoptetTimeoutError
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def eshop_id() -> int:
+    """An e-shop id of this test's own (the process-local fallback semaphores are per id)."""
+    return 10_000_000 + uuid.uuid4().int % 10_000_000
+
+
+@pytest.fixture(autouse=True)
+def _limits(settings: Any) -> None:
+    settings.SHOPTET_MAX_IN_FLIGHT = 2
+    settings.SHOPTET_BUCKET_SLOWDOWN_AT = 0.75
+    settings.SHOPTET_BUCKET_LEAK_PER_SECOND = 10.0
+
+
+def leases_held(eshop_id: int) -> int:
+    return int(get_redis().zcard(limiter.leases_key(eshop_id)))
+
+
+def soon(seconds: float = 0.2) -> float:
+    return time.monotonic() + seconds
+
+
+# --- parse_bucket_filling ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("header", "reading"),
+    [
+        ("120/200", (120.0, 200.0)),
+        (" 120 / 200 ", (120.0, 200.0)),
+        ("0/200", (0.0, 200.0)),
+        ("12.5/200", (12.5, 200.0)),
+        ("200/200", (200.0, 200.0)),
+    ],
+)
+def test_bucket_filling_is_parsed(header: str, reading: tuple[float, float]) -> None:
+    assert limiter.parse_bucket_filling(header) == reading
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        None,
+        "",
+        "120",
+        "/",
+        "120/",
+        "/200",
+        "full/200",
+        "120/lots",
+        "1/2/3",
+        "120/0",
+        "120/-200",
+        # Hostile or broken values must not turn into a pause: inf would pause every request.
+        "inf/200",
+        "nan/200",
+        "120/inf",
+        "120/nan",
+    ],
+)
+def test_a_malformed_bucket_filling_is_ignored(header: str | None) -> None:
+    assert limiter.parse_bucket_filling(header) is None
+
+
+# --- bucket_pause --------------------------------------------------------------------------------
+
+
+def test_no_pause_at_or_below_the_slowdown_threshold() -> None:
+    now = time.time()
+
+    assert limiter.bucket_pause(150, 200, read_at=now, now=now) == 0.0  # exactly 75 %
+    assert limiter.bucket_pause(10, 200, read_at=now, now=now) == 0.0
+
+
+def test_the_pause_drains_the_bucket_down_to_the_threshold() -> None:
+    now = time.time()
+
+    # 30 drops above the 150-drop threshold at 10 drops/s: 3 s.
+    assert limiter.bucket_pause(180, 200, read_at=now, now=now) == pytest.approx(3.0)
+
+
+def test_the_time_since_the_reading_counts_as_leaked() -> None:
+    now = time.time()
+
+    # Read 2 s ago: 20 drops have leaked since, 10 remain above the threshold.
+    assert limiter.bucket_pause(180, 200, read_at=now - 2, now=now) == pytest.approx(
+        1.0
+    )
+    assert limiter.bucket_pause(180, 200, read_at=now - 5, now=now) == 0.0
+
+
+def test_a_reading_from_the_future_leaks_nothing() -> None:
+    # Another host's clock runs ahead: its reading must not make the bucket look fuller (or emptier).
+    now = time.time()
+
+    assert limiter.bucket_pause(180, 200, read_at=now + 60, now=now) == pytest.approx(
+        3.0
+    )
+
+
+def test_the_pause_is_capped() -> None:
+    now = time.time()
+
+    assert limiter.bucket_pause(10_000, 200, read_at=now, now=now) == (
+        limiter.MAX_BUCKET_PAUSE
+    )
+
+
+def test_no_pause_when_the_bucket_does_not_leak(settings: Any) -> None:
+    settings.SHOPTET_BUCKET_LEAK_PER_SECOND = 0
+    now = time.time()
+
+    assert limiter.bucket_pause(200, 200, read_at=now, now=now) == 0.0
+
+
+# --- In-flight leases ----------------------------------------------------------------------------
+
+
+def test_leases_are_held_up_to_the_limit_and_the_next_request_is_refused_at_its_deadline(
+    eshop_id: int,
+) -> None:
+    with (
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        assert leases_held(eshop_id) == 2
+        with (
+            pytest.raises(ShoptetTimeoutError) as caught,
+            limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        ):
+            pass
+
+    assert caught.value.request_sent is False  # safe to repeat, even a POST
+    assert "no free request slot" in str(caught.value)
+    assert leases_held(eshop_id) == 0
+
+
+def test_a_free_slot_is_granted_even_past_the_deadline(eshop_id: int) -> None:
+    # The deadline bounds waiting, not the first try.
+    with limiter.request_slot(
+        eshop_id, deadline=time.monotonic() - 1, lease_seconds=LEASE
+    ):
+        assert leases_held(eshop_id) == 1
+
+
+def test_a_waiting_request_gets_the_slot_released_before_its_deadline(
+    eshop_id: int, settings: Any
+) -> None:
+    settings.SHOPTET_MAX_IN_FLIGHT = 1
+    waiting = threading.Event()
+    outcome: list[str] = []
+
+    def second() -> None:
+        waiting.set()
+        try:
+            with limiter.request_slot(eshop_id, deadline=soon(30), lease_seconds=LEASE):
+                outcome.append("acquired")
+        except ShoptetTimeoutError:
+            outcome.append("timed out")
+
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        thread = threading.Thread(target=second)
+        thread.start()
+        waiting.wait()
+    thread.join()
+
+    assert outcome == ["acquired"]
+    assert leases_held(eshop_id) == 0
+
+
+def test_a_crashed_processs_lease_expires_on_its_own(eshop_id: int) -> None:
+    r = get_redis()
+    clock: tuple[int, int] = r.time()
+    seconds, micros = clock
+    redis_now = seconds + micros / 1e6
+    # Two leases whose holders died: their expiry (by Redis's clock) has passed.
+    r.zadd(
+        limiter.leases_key(eshop_id),
+        {"dead-1": redis_now - 1, "dead-2": redis_now - 1},
+    )
+
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        assert leases_held(eshop_id) == 1
+
+
+def test_a_lease_lasts_the_request_plus_the_longest_bucket_pause(
+    eshop_id: int,
+) -> None:
+    r = get_redis()
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        entries: list[Any] = r.zrange(
+            limiter.leases_key(eshop_id), 0, -1, withscores=True
+        )
+        [(_, expires_at)] = entries
+        clock: tuple[int, int] = r.time()
+        seconds, micros = clock
+        left = expires_at - (seconds + micros / 1e6)
+
+    assert (
+        LEASE + limiter.MAX_BUCKET_PAUSE - 1
+        <= left
+        <= LEASE + (limiter.MAX_BUCKET_PAUSE)
+    )
+
+
+def test_the_lease_is_released_after_the_body_succeeds(eshop_id: int) -> None:
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        assert leases_held(eshop_id) == 1
+
+    assert leases_held(eshop_id) == 0
+
+
+def test_the_lease_is_released_when_the_body_raises(eshop_id: int) -> None:
+    held: list[int] = []
+
+    def request() -> None:
+        with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+            held.append(leases_held(eshop_id))
+            raise ValueError("caller failed")
+
+    with pytest.raises(ValueError, match="caller failed"):
+        request()
+
+    assert held == [1]
+    assert leases_held(eshop_id) == 0
+
+
+def test_releasing_one_lease_keeps_the_others(eshop_id: int) -> None:
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+            assert leases_held(eshop_id) == 2
+        assert leases_held(eshop_id) == 1
+
+
+# --- Bucket pacing through Redis -----------------------------------------------------------------
+
+
+def test_the_answers_bucket_filling_is_stored_on_release(eshop_id: int) -> None:
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
+        slot.bucket_filling = "120/200"
+
+    stored = get_redis().hgetall(limiter.bucket_key(eshop_id))
+    assert float(stored[b"level"]) == 120.0
+    assert float(stored[b"max"]) == 200.0
+    assert abs(float(stored[b"at"]) - time.time()) < 60
+    assert 0 < get_redis().ttl(limiter.bucket_key(eshop_id)) <= 120
+
+
+def test_a_malformed_bucket_filling_is_not_stored(eshop_id: int) -> None:
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
+        slot.bucket_filling = "inf/200"
+
+    assert not get_redis().exists(limiter.bucket_key(eshop_id))
+
+
+def test_the_next_request_pauses_when_the_stored_bucket_is_nearly_full(
+    eshop_id: int, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fast leak keeps the real pause short: 50 drops over the threshold at 1000 drops/s = 0.05 s.
+    settings.SHOPTET_BUCKET_LEAK_PER_SECOND = 1000.0
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
+        slot.bucket_filling = "200/200"
+    caplog.set_level(logging.INFO, logger="shoptet_api.limiter")
+
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        pass
+
+    [pause] = [
+        float(found.group(1))
+        for record in caplog.records
+        if (
+            found := re.search(
+                r"bucket nearly full, pausing ([0-9.]+) s", record.getMessage()
+            )
+        )
+    ]
+    assert 0 < pause <= 0.05
+
+
+def test_no_pause_when_the_stored_bucket_has_room(
+    eshop_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
+        slot.bucket_filling = "100/200"
+    caplog.set_level(logging.INFO, logger="shoptet_api.limiter")
+
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        pass
+
+    assert not [r for r in caplog.records if "bucket nearly full" in r.getMessage()]
+
+
+# --- Redis down: a per-process limit ------------------------------------------------------------
+
+
+@pytest.fixture
+def redis_down() -> Iterator[None]:
+    # Nothing listens on port 1; no retries, so each request finds out at once.
+    dead = redis.Redis(
+        host="127.0.0.1",
+        port=1,
+        socket_connect_timeout=0.2,
+        retry=Retry(NoBackoff(), 0),
+    )
+    with (
+        mock.patch.object(limiter, "get_redis", return_value=dead),
+        mock.patch.object(limiter, "_local_semaphores", {}),
+    ):
+        yield
+
+
+@pytest.mark.usefixtures("redis_down")
+def test_without_redis_the_limit_holds_per_process(
+    eshop_id: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="shoptet_api.limiter")
+    with (
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        with (
+            pytest.raises(ShoptetTimeoutError) as caught,
+            limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        ):
+            pass
+        assert caught.value.request_sent is False
+
+    assert "limited per process only" in caplog.text
+    # Both local slots came back: two more requests fit.
+    with (
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        pass
+
+
+@pytest.mark.usefixtures("redis_down")
+def test_without_redis_a_failing_body_returns_its_local_slot(
+    eshop_id: int, settings: Any
+) -> None:
+    settings.SHOPTET_MAX_IN_FLIGHT = 1
+    with (
+        pytest.raises(ValueError, match="caller failed"),
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        raise ValueError("caller failed")
+
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
+        pass
+
+
+@pytest.mark.usefixtures("redis_down")
+def test_without_redis_the_limit_is_per_eshop(eshop_id: int, settings: Any) -> None:
+    settings.SHOPTET_MAX_IN_FLIGHT = 1
+    with (
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        limiter.request_slot(eshop_id + 1, deadline=soon(), lease_seconds=LEASE),
+    ):
+        pass
+
+
+def test_a_redis_error_on_release_does_not_mask_the_callers_result(
+    eshop_id: int,
+) -> None:
+    # Only the release uses a pipeline; acquiring is one Lua call.
+    with (
+        mock.patch.object(
+            redis.client.Pipeline,
+            "execute",
+            autospec=True,
+            side_effect=redis.ConnectionError("Redis went away"),
+        ) as execute,
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        result = "done"
+
+    assert result == "done"
+    assert execute.call_count == 1
+    assert leases_held(eshop_id) == 1  # not released: it expires on its own
