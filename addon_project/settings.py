@@ -76,6 +76,7 @@ INSTALLED_APPS = [
     "eshops",
     "oauth",
     "shoptet_api",
+    "sync",
 ]
 
 MIDDLEWARE = [
@@ -426,7 +427,28 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "shoptet_api.purge_uninstalled",
         "schedule": 86_400.0,
     },
+    # Background sync (sync/tasks.py): start due tenants, and find snapshot jobs that never report.
+    "sync-schedule-due": {"task": "sync.schedule_due", "schedule": 60.0},
+    "sync-sweep-jobs": {"task": "sync.sweep_jobs", "schedule": 600.0},
 }
+
+# Background sync of orders and products (sync/). Constants, not environment variables: tuning
+# them is a code review, like the beat schedule. With SYNC_ENABLED and SHOPTET_WEBHOOK_URL set,
+# SYNC_WEBHOOK_EVENTS are registered with SHOPTET_WEBHOOK_EVENTS (job:finished makes snapshots
+# possible; order:* refresh single orders).
+SYNC_ENABLED = True
+SYNC_WEBHOOK_EVENTS = ["job:finished", "order:create", "order:update", "order:delete"]
+SYNC_SLICE_SECONDS = 20.0  # one Celery slice works this long, then re-queues at the back
+SYNC_SLICE_PAGES = 5  # … or this many pages, whichever comes first
+SYNC_LEASE_SECONDS = 30.0  # a killed run's lock expires after this (renewed every third of it)
+SYNC_CHANGES_OVERLAP_SECONDS = 5.0  # the next /changes `from` reaches back this far
+SYNC_CHANGES_HISTORY_DAYS = 30  # Shoptet's guaranteed /changes history; older checkpoints copy in full
+SYNC_JOB_POLL_DELAYS = [60.0, 180.0, 600.0, 1800.0, 3600.0]  # job-detail polls (Shoptet refuses the 11th)
+SYNC_JOB_TIMEOUT_SECONDS = 3 * 3600 + 600  # Shoptet fails a silent job after 3 h; the sweeper gives up then
+SYNC_DOWNLOAD_MAX_BYTES = 4 * 1024**3  # snapshot result size cap (compressed bytes on the wire)
+SYNC_DOWNLOAD_DEADLINE_SECONDS = 1800.0
+SYNC_MAX_LINE_BYTES = 8 * 1024**2  # one JSONL item larger than this is recorded as an item error
+SYNC_RESULT_HOSTS = ["myshoptet.com", "shoptet.cz"]  # besides the shop's own host (and subdomains)
 
 # Logs: one line per event on stderr. LOG_FORMAT=json (the production default) writes one JSON object
 # per line; plain (the DEBUG default) is for people. Both carry our request id, the e-shop id, the

@@ -13,9 +13,15 @@ from eshops.models import EshopSettings
 class EshopSettingsForm(forms.ModelForm[EshopSettings]):
     class Meta:
         model = EshopSettings
-        fields = ["sync_orders", "sync_interval_minutes", "notification_email"]
+        fields = [
+            "sync_orders",
+            "sync_products",
+            "sync_interval_minutes",
+            "notification_email",
+        ]
         labels = {
             "sync_orders": _("Synchronise orders"),
+            "sync_products": _("Synchronise products"),
             "sync_interval_minutes": _("Synchronisation interval (minutes)"),
             "notification_email": _("Notification e-mail"),
         }

@@ -327,6 +327,9 @@ class EshopSettings(models.Model):
     sync_orders = models.BooleanField(
         default=True, help_text=_("Copy new orders in the background.")
     )
+    sync_products = models.BooleanField(
+        default=False, help_text=_("Copy products in the background.")
+    )
     sync_interval_minutes = models.PositiveSmallIntegerField(default=60)
     notification_email = models.EmailField(blank=True)
     updated_at = models.DateTimeField(auto_now=True)

@@ -101,6 +101,14 @@ def renew_signature_key(eshop: Eshop, *, client: ShoptetClient) -> None:
     logger.info("eshop_id=%s: webhook signature key renewed", eshop.eshop_id)
 
 
+def wanted_events() -> list[str]:
+    """SHOPTET_WEBHOOK_EVENTS, plus the sync's events (job:finished, order:*) when sync is on."""
+    events = list(settings.SHOPTET_WEBHOOK_EVENTS)
+    if settings.SYNC_ENABLED:
+        events += settings.SYNC_WEBHOOK_EVENTS
+    return events
+
+
 # Reference: https://api.docs.shoptet.com/shoptet-api/openapi/webhooks
 def sync_webhooks(eshop: Eshop, *, client: ShoptetClient) -> dict[str, int]:
     """Make the registered webhooks equal SHOPTET_WEBHOOK_EVENTS at SHOPTET_WEBHOOK_URL.
@@ -116,7 +124,7 @@ def sync_webhooks(eshop: Eshop, *, client: ShoptetClient) -> dict[str, int]:
             eshop.eshop_id,
         )
         return {}
-    wanted = list(dict.fromkeys(settings.SHOPTET_WEBHOOK_EVENTS))
+    wanted = list(dict.fromkeys(wanted_events()))
     existing = {hook["event"]: hook for hook in _list_webhooks(client)}
     for event, hook in existing.items():
         if event not in wanted:

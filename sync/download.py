@@ -1,0 +1,204 @@
+"""Stream a snapshot result (`resultUrl`): JSON Lines, usually gzip, possibly huge.
+
+A `resultUrl` is input from the network, not an order to fetch anything anywhere: only https (http
+only with SHOPTET_ALLOW_HTTP), only the shop's own host or Shoptet's hosts, no redirects, a size cap
+and a wall-clock deadline. Memory stays flat: the body is read in chunks and split into lines; a
+line longer than SYNC_MAX_LINE_BYTES is skipped (and reported) without being held.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+from django.conf import settings
+
+from shoptet_api.transport import USER_AGENT
+
+GZIP_MAGIC = b"\x1f\x8b"
+CHUNK = 64 * 1024
+
+
+class DownloadError(Exception):
+    """The result cannot be fetched (refused URL, HTTP error, too large, too slow)."""
+
+
+@dataclass
+class Line:
+    number: int  # 1-based
+    data: bytes | None  # None: longer than the cap (skipped)
+
+
+def _origin(url: str) -> tuple[str, str, int]:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    port = parts.port or (443 if scheme == "https" else 80)
+    return scheme, (parts.hostname or "").lower().rstrip("."), port
+
+
+def check_result_url(url: str, shop_url: str) -> None:
+    """Raise `DownloadError` unless `url` is one we may fetch for a shop at `shop_url`."""
+    try:
+        scheme, host, port = _origin(url)
+        _, shop_host, shop_port = _origin(shop_url)
+    except ValueError:
+        raise DownloadError("resultUrl is not a valid URL") from None
+    allowed_schemes = {"https", "http"} if settings.SHOPTET_ALLOW_HTTP else {"https"}
+    if scheme not in allowed_schemes:
+        raise DownloadError(f"resultUrl scheme {scheme!r} is not allowed")
+    if not host or "@" in urlsplit(url).netloc:
+        raise DownloadError("resultUrl has no plain host")
+    if host == shop_host and port == shop_port:
+        return
+    default_port = 443 if scheme == "https" else 80
+    for allowed in settings.SYNC_RESULT_HOSTS:
+        allowed = allowed.lower()
+        if (host == allowed or host.endswith("." + allowed)) and port == default_port:
+            return
+    raise DownloadError(f"resultUrl host {host!r} is neither the shop's nor Shoptet's")
+
+
+def stream_lines(
+    url: str,
+    *,
+    shop_url: str,
+    progress: Callable[[int, int | None], None] | None = None,
+    max_bytes: int | None = None,
+    deadline_seconds: float | None = None,
+    max_line: int | None = None,
+) -> Iterator[Line]:
+    """Yield the result's lines one by one (gzip detected by its magic bytes, not by headers)."""
+    check_result_url(url, shop_url)
+    max_bytes = max_bytes or settings.SYNC_DOWNLOAD_MAX_BYTES
+    max_line = max_line or settings.SYNC_MAX_LINE_BYTES
+    deadline_seconds = deadline_seconds or settings.SYNC_DOWNLOAD_DEADLINE_SECONDS
+    session = requests.Session()
+    session.trust_env = False  # no proxy or netrc from the environment
+    try:
+        response = session.get(
+            url,
+            stream=True,
+            allow_redirects=False,
+            timeout=(settings.SHOPTET_CONNECT_TIMEOUT, settings.SHOPTET_READ_TIMEOUT),
+            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+        )
+    except requests.RequestException as exc:
+        session.close()
+        raise DownloadError(f"resultUrl unreachable: {type(exc).__name__}") from None
+    # A server that trickles bytes never trips the read timeout: close it at the deadline.
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        response.close()
+
+    watchdog = threading.Timer(deadline_seconds, expire)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if response.status_code != 200:
+            raise DownloadError(f"resultUrl answered HTTP {response.status_code}")
+        declared = response.headers.get("Content-Length")
+        total = int(declared) if declared and declared.isdigit() else None
+        if total is not None and total > max_bytes:
+            raise DownloadError(f"result is {total} bytes, over the {max_bytes} cap")
+        yield from _lines(
+            _chunks(response, max_bytes, total, progress, expired), max_line
+        )
+    except (requests.RequestException, OSError, AttributeError, ValueError) as exc:
+        # AttributeError/ValueError: urllib3 reading from a response the watchdog closed.
+        if expired.is_set():
+            raise DownloadError(
+                f"result download exceeded its {deadline_seconds:.0f} s deadline"
+            ) from None
+        raise DownloadError(f"result download failed: {type(exc).__name__}") from None
+    finally:
+        watchdog.cancel()
+        response.close()
+        session.close()
+    if expired.is_set():
+        raise DownloadError(
+            f"result download exceeded its {deadline_seconds:.0f} s deadline"
+        )
+
+
+def _chunks(
+    response: requests.Response,
+    max_bytes: int,
+    total: int | None,
+    progress: Callable[[int, int | None], None] | None,
+    expired: threading.Event,
+) -> Iterator[bytes]:
+    """The body decompressed if it starts with the gzip magic, chunk by chunk."""
+    received = 0
+    decompressor: zlib._Decompress | None = None
+    first = True
+    last_report = 0.0
+    for raw in response.raw.stream(CHUNK, decode_content=False):
+        if expired.is_set():
+            raise DownloadError("result download exceeded its deadline")
+        received += len(raw)
+        if received > max_bytes:
+            raise DownloadError(f"result is over the {max_bytes} byte cap")
+        if progress is not None and time.monotonic() - last_report > 0.2:
+            progress(received, total)
+            last_report = time.monotonic()
+        if first:
+            first = False
+            if raw.startswith(GZIP_MAGIC):
+                decompressor = zlib.decompressobj(wbits=31)
+        if decompressor is None:
+            yield raw
+            continue
+        try:
+            while raw:
+                yield decompressor.decompress(raw, CHUNK)
+                raw = decompressor.unconsumed_tail
+                if decompressor.eof and decompressor.unused_data:
+                    # Concatenated gzip members are one stream to gunzip.
+                    raw = decompressor.unused_data + raw
+                    decompressor = zlib.decompressobj(wbits=31)
+        except zlib.error:
+            raise DownloadError("result is not valid gzip") from None
+    if decompressor is not None:
+        yield decompressor.flush()
+    if progress is not None:
+        progress(received, total)
+
+
+def _lines(chunks: Iterator[bytes], max_line: int) -> Iterator[Line]:
+    buffer = bytearray()
+    number = 0
+    skipping = False
+    for chunk in chunks:
+        start = 0
+        while True:
+            end = chunk.find(b"\n", start)
+            if end < 0:
+                if not skipping:
+                    buffer += chunk[start:]
+                    if len(buffer) > max_line:
+                        buffer.clear()
+                        skipping = True
+                break
+            number += 1
+            if skipping:
+                skipping = False
+                yield Line(number, None)
+            else:
+                buffer += chunk[start:end]
+                if len(buffer) > max_line:
+                    yield Line(number, None)
+                elif buffer.strip():
+                    yield Line(number, bytes(buffer))
+                buffer.clear()
+            start = end + 1
+    if skipping:
+        yield Line(number + 1, None)
+    elif buffer.strip():
+        yield Line(number + 1, bytes(buffer))
