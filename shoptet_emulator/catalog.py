@@ -14,6 +14,7 @@ Nothing here locks: ``EmulatorState`` calls it under its own lock.
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -133,3 +134,21 @@ class Catalog:
     def log_since(self, since: float) -> list[tuple[float, int, ChangeType]]:
         log = self.log()
         return log[bisect.bisect_left(log, (since, -1, "add")) :]
+
+
+def frozen(catalog: Catalog) -> Catalog:
+    """A copy later knobs do not change (what a snapshot job exports)."""
+    return Catalog(
+        count=catalog.count,
+        batches=list(catalog.batches),
+        deleted=list(catalog.deleted),
+        overlay={number: dict(fields) for number, fields in catalog.overlay.items()},
+        changes=dict(catalog.changes),
+        last_change=catalog.last_change,
+    )
+
+
+def live_numbers(catalog: Catalog) -> Iterator[int]:
+    """Every live item number, oldest first."""
+    gone = set(catalog.deleted)
+    return (number for number in range(1, catalog.count + 1) if number not in gone)

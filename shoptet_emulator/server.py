@@ -28,7 +28,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -38,8 +38,9 @@ from types import TracebackType
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from shoptet_emulator import data
+from shoptet_emulator import data, snapshots
 from shoptet_emulator.catalog import Catalog
+from shoptet_emulator.snapshots import Job, Resource
 from shoptet_emulator.state import (
     EmulatedEshop,
     EmulatorState,
@@ -61,6 +62,9 @@ PRODUCTS_PER_PAGE = (20, 1000)
 # max 1000". UNCERTAIN which is right; both use the orders wording here.
 CHANGES_PER_PAGE = (20, 1000)
 CHANGES_HISTORY_DAYS = 30
+SNAPSHOT_FILTER_MAX = 50
+# A job's result on the shop's own host: /shop/<eshopId>/api-results/<jobId>-<suffix>.json
+RESULT_PATH = re.compile(r"/shop/(\d+)/api-results/([a-z0-9]+-[a-z0-9]+\.json)")
 WEBHOOKS_PER_PAGE = (20, 500)
 WEBHOOK_URL_MAX = 2000
 # Registering both events of a pair answers 409 (OpenAPI "Webhooks").
@@ -153,6 +157,7 @@ class Reply:
     custom: bool = False  # a body a test asked for: sent verbatim, never validated
     trickle: float = 0.0  # > 0: send the whole answer one byte every this many seconds
     items: int = 0  # items returned (the bucket charges for them)
+    stream: Iterator[bytes] | None = None  # a body sent as it is generated
 
     def encoded(self) -> bytes:
         if isinstance(self.body, bytes):
@@ -278,6 +283,8 @@ class ShoptetEmulator(EmulatorState):
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._routes = self._api_routes()
+        self._timers: list[threading.Timer] = []
+        self._timers_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------
 
@@ -297,8 +304,20 @@ class ShoptetEmulator(EmulatorState):
         logger.info("Shoptet emulator listening on %s", self.base_url)
         return self
 
+    def reset(self) -> None:
+        """Forget everything, and cancel snapshot jobs still due to finish."""
+        self._cancel_timers()
+        super().reset()
+
+    def _cancel_timers(self) -> None:
+        with self._timers_lock:
+            timers, self._timers = self._timers, []
+        for timer in timers:
+            timer.cancel()
+
     def stop(self) -> None:
         """Stop serving and close every open connection."""
+        self._cancel_timers()
         server, self._server = self._server, None
         if server is None:
             return
@@ -474,6 +493,9 @@ class ShoptetEmulator(EmulatorState):
             )
         if is_api:
             return self._api(request, token)
+        result = RESULT_PATH.fullmatch(request.path)
+        if result is not None and request.method == "GET":
+            return self._job_result(int(result.group(1)), result.group(2))
         return self._oauth(request)
 
     def _finish_api(self, reply: Reply, request: Request, eshop_id: int | None) -> None:
@@ -729,9 +751,12 @@ class ShoptetEmulator(EmulatorState):
             ("GET", "/api/eshop", self._eshop_info),
             ("GET", "/api/orders", self._orders),
             ("GET", "/api/orders/changes", self._order_changes),
+            ("GET", "/api/orders/snapshot", self._order_snapshot),
             ("GET", "/api/orders/{code}", self._order_detail),
             ("GET", "/api/products", self._products),
             ("GET", "/api/products/changes", self._product_changes),
+            ("GET", "/api/products/snapshot", self._product_snapshot),
+            ("GET", "/api/system/jobs/{jobId}", self._job_detail),
             ("GET", "/api/products/{guid}", self._product_detail),
             ("POST", "/api/webhooks/renew-signature-key", self._renew_signature_key),
             ("GET", "/api/webhooks", self._list_webhooks),
@@ -952,6 +977,147 @@ class ShoptetEmulator(EmulatorState):
             for moment, number, kind in entries[first : first + count]
         ]
         return _items_reply({"changes": changes, "paginator": paginator}, count)
+
+    # -- snapshot jobs ------------------------------------------------------------
+
+    def _order_snapshot(
+        self, request: Request, shop: EmulatedEshop, _: dict[str, str]
+    ) -> Reply:
+        return self._snapshot(request, shop, "orders", "orderCodes", data.order_number)
+
+    def _product_snapshot(
+        self, request: Request, shop: EmulatedEshop, _: dict[str, str]
+    ) -> Reply:
+        eshop_id = shop.eshop_id
+        return self._snapshot(
+            request,
+            shop,
+            "products",
+            "productGuids",
+            lambda guid: data.product_number(eshop_id, guid),
+        )
+
+    def _snapshot(
+        self,
+        request: Request,
+        shop: EmulatedEshop,
+        resource: Resource,
+        filter_name: str,
+        number_of: Callable[[str], int | None],
+    ) -> Reply:
+        """Queue a snapshot job: 202 ``{"jobId"}``; 403 without ``job:finished``.
+
+        Supports the ``orderCodes`` / ``productGuids`` filter (at most 50); other
+        filters are accepted and ignored.
+        """
+        raw = request.param(filter_name)
+        only: list[int] | None = None
+        if raw is not None:
+            wanted = [part for part in raw.split(",") if part]
+            if not wanted:
+                return api_error(
+                    400,
+                    "missing-parameter",
+                    f'Missing value for parameter "{filter_name}".',
+                    filter_name,
+                )
+            if len(wanted) > SNAPSHOT_FILTER_MAX:
+                return api_error(
+                    400,
+                    "invalid-parameter",
+                    f'Invalid "{filter_name}" parameter. Expected max. '
+                    f"{SNAPSHOT_FILTER_MAX} elements, but {len(wanted)} given.",
+                    filter_name,
+                )
+            only = [n for n in map(number_of, wanted) if n is not None]
+        if not any(h.event == "job:finished" for h in self.webhooks_of(shop.eshop_id)):
+            # UNCERTAIN: the errorCode; the 403 and "job won't be queued" are documented.
+            return api_error(
+                403,
+                "job-finished-webhook-not-registered",
+                "Webhook job:finished must be registered to run asynchronous requests.",
+                "webhook",
+            )
+        job = self.start_job(shop.eshop_id, resource, only)
+        if job.outcome != "never":
+            self._schedule(job.job_id, self.job_latency)
+        return Reply(202, envelope({"jobId": job.job_id}))
+
+    def _schedule(self, job_id: str, delay: float) -> None:
+        # Never before the 202 is out: a job:finished must not overtake its jobId.
+        timer = threading.Timer(max(delay, 0.05), self._run_job, (job_id,))
+        timer.daemon = True
+        with self._timers_lock:
+            self._timers = [t for t in self._timers if t.is_alive()] + [timer]
+        timer.start()
+
+    def _run_job(self, job_id: str) -> None:
+        """The job "runs": measure its result, mark it done, send ``job:finished``."""
+        try:
+            job = self.job(job_id)
+            if job is None:
+                return
+            length = None
+            if job.outcome == "complete" and self.result_content_length:
+                length = snapshots.measure(job, self.get_eshop(job.eshop_id))
+            finished = self.finish_job(job_id, length)
+            if finished is not None:
+                self._notify(finished.eshop_id, "job:finished", job_id)
+        except Exception:
+            logger.exception("emulated job %s failed to finish", job_id)
+
+    def _job_detail(
+        self, _r: Request, shop: EmulatedEshop, params: dict[str, str]
+    ) -> Reply:
+        job_id = params["jobId"]
+        job, refused = self.poll_job(shop.eshop_id, job_id)
+        if job is None:
+            return api_error(
+                404, "job-not-found", f'Job with ID "{job_id}" not found.', job_id
+            )
+        if refused:
+            return api_error(
+                403,
+                "job-detail-try-counter-exceeded-limit",
+                "You have exceeded the limit of job detail request for unprocessed "
+                f'job "{job_id}". Please wait for job:finished event after job is '
+                "completed!",
+                job_id,
+            )
+        return Reply(200, envelope({"job": self._job_json(job, shop)}))
+
+    def _job_json(self, job: Job, shop: EmulatedEshop) -> dict[str, Any]:
+        done = job.completed
+        result_url = None
+        if job.status in {"completed", "expired"}:
+            result_url = f"{shop.url.rstrip('/')}/api-results/{job.file_name}"
+        return {
+            "jobId": job.job_id,
+            "endpoint": job.endpoint,
+            "creationTime": data.prague_datetime(job.created),
+            "completionTime": data.prague_datetime(done) if done else None,
+            "duration": f"{done - job.created:.3f}" if done else None,
+            "status": job.status,
+            "resultUrl": result_url,
+            "validUntil": (
+                data.prague_datetime(job.valid_until) if job.valid_until else None
+            ),
+            "log": job.log,
+            "language": None,
+        }
+
+    def _job_result(self, eshop_id: int, file_name: str) -> Reply:
+        """A job's result file on the shop's own host, streamed (see snapshots.py)."""
+        job = self.job_for_result(eshop_id, file_name)
+        if job is None:
+            return Reply(404, b"Not Found", content_type="text/plain")
+        shop = self.get_eshop(eshop_id)
+        headers = {}
+        if job.content_length is not None:
+            headers["Content-Length"] = str(job.content_length)
+        reply = Reply(200, b"", headers, content_type="application/octet-stream")
+        reply.stream = snapshots.body(job, shop)
+        return reply
 
     def _renew_signature_key(
         self, _r: Request, shop: EmulatedEshop, _: dict[str, str]
@@ -1414,6 +1580,9 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s -> %s", self.command, parts.path, reply.status)
 
     def _send(self, reply: Reply) -> None:
+        if reply.stream is not None:
+            self._send_stream(reply, reply.stream)
+            return
         payload = reply.encoded()
         if reply.trickle > 0:
             self._send_trickling(reply, payload)
@@ -1428,6 +1597,30 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(payload)
         except OSError:
             self.close_connection = True
+
+    def _send_stream(self, reply: Reply, chunks: Iterator[bytes]) -> None:
+        """Send a generated body: with its known Content-Length, else chunked."""
+        sized = "Content-Length" in reply.headers
+        try:
+            self.send_response(reply.status)
+            self.send_header("Content-Type", reply.content_type)
+            if not sized:
+                self.send_header("Transfer-Encoding", "chunked")
+            for name, value in reply.headers.items():
+                self.send_header(name, value)
+            self.end_headers()
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                if sized:
+                    self.wfile.write(chunk)
+                else:
+                    self.wfile.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            if not sized:
+                self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
+            logger.debug("streamed answer ended by the client")
 
     def _send_trickling(self, reply: Reply, payload: bytes) -> None:
         """The whole answer, one byte at a time, until it is sent or the client hangs up."""

@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from shoptet_emulator import data
-from shoptet_emulator.catalog import Catalog
+from shoptet_emulator.catalog import Catalog, frozen
 from shoptet_emulator.data import shoptet_datetime
+from shoptet_emulator.snapshots import BadLine, Job, JobOutcome, Resource
 
 __all__ = ["EmulatedEshop", "EmulatorState", "shoptet_datetime"]
 
@@ -160,6 +161,10 @@ class EmulatorStats:
                 for (eshop_id, route), count in self.endpoint_requests.items()
             },
             "drops": {str(key): value for key, value in self.drops.items()},
+            # Every 429 the API answered an e-shop: full bucket or a 4th connection.
+            "tooManyRequests": _keyed(
+                self.bucket_rejections + self.concurrency_rejections
+            ),
             "snapshotJobs": _keyed(self.snapshot_jobs),
             "jobPolls": _keyed(self.job_polls),
             "resultDownloads": _keyed(self.result_downloads),
@@ -301,6 +306,17 @@ class EmulatorState:
         self.max_connections_per_token = 3
         # Knobs that change orders/products deliver order:* webhooks when registered.
         self.auto_webhooks = True
+        # Snapshot jobs (read when a job starts; see snapshots.py).
+        self.job_latency = 0.0  # seconds until a job finishes
+        self.job_outcome: JobOutcome = "complete"  # or "fail", or "never" (no webhook)
+        self.job_timeout = 3 * 3600.0  # an unfinished job is marked failed after this
+        self.max_job_polls = 10  # the 11th detail request of an unfinished job is 403
+        self.result_gzip = True
+        self.result_bad_line: BadLine | None = None
+        self.result_bad_line_at = 1  # 0-based line the bad line replaces
+        self.result_validity = 24 * 3600.0
+        self.result_content_length = True  # False: chunked, no Content-Length
+        self._jobs: dict[str, Job] = {}
         self.stats = EmulatorStats()
         self._eshops: dict[int, EmulatedEshop] = {}
         self._next_eshop_id = FIRST_ESHOP_ID
@@ -650,6 +666,124 @@ class EmulatorState:
             wanted = {"edit": {"add", "edit"}, "delete": {"delete"}}[change_type]
             entries = [entry for entry in entries if entry[2] in wanted]
         return list(entries)
+
+    # -- snapshot jobs ----------------------------------------------------------
+
+    def start_job(
+        self, eshop_id: int, resource: Resource, only: list[int] | None
+    ) -> Job:
+        """Queue a snapshot of the shop's ``resource`` (optionally only some items)."""
+        with self._lock:
+            shop = self._eshops[eshop_id]
+            catalog = shop.orders if resource == "orders" else shop.products
+            while True:
+                job_id = random_token(7)
+                if job_id not in self._jobs:
+                    break
+            job = Job(
+                job_id=job_id,
+                eshop_id=eshop_id,
+                resource=resource,
+                endpoint=f"/api/{resource}/snapshot",
+                items=frozen(catalog),
+                only=only,
+                created=time.time(),
+                created_monotonic=time.monotonic(),
+                outcome=self.job_outcome,
+                gzip=self.result_gzip,
+                bad_line=self.result_bad_line,
+                bad_line_at=self.result_bad_line_at,
+                validity=self.result_validity,
+                suffix=random_token(7),
+            )
+            self._jobs[job_id] = job
+            self.stats.snapshot_jobs[eshop_id] += 1
+            return job
+
+    def finish_job(self, job_id: str, content_length: int | None) -> Job | None:
+        """Mark a job done as its outcome says; None if it is gone (reset)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.status != "pending":
+                return None
+            now = time.time()
+            job.completed = now
+            if job.outcome == "fail":
+                job.status = "failed"
+                job.log = "Job failed (emulated)."
+            else:
+                job.status = "completed"
+                job.valid_until = now + job.validity
+                job.content_length = content_length
+            return copy.copy(job)
+
+    def job_of(self, eshop_id: int, job_id: str) -> Job | None:
+        """The shop's job (a copy, status brought up to date), None if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.eshop_id != eshop_id:
+                return None
+            self._age_job(job)
+            return copy.copy(job)
+
+    def poll_job(self, eshop_id: int, job_id: str) -> tuple[Job | None, bool]:
+        """Count one job-detail request: (the job, whether the poll is refused)."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.eshop_id != eshop_id:
+                return None, False
+            self._age_job(job)
+            self.stats.job_polls[eshop_id] += 1
+            if job.status != "pending":
+                return copy.copy(job), False
+            job.polls += 1
+            return copy.copy(job), job.polls > self.max_job_polls
+
+    def _age_job(self, job: Job) -> None:
+        now = time.time()
+        if (
+            job.status == "pending"
+            and time.monotonic() - job.created_monotonic >= self.job_timeout
+        ):
+            # Shoptet marks a job that hit an internal error failed after 3 hours,
+            # and sends no job:finished for it.
+            job.status = "failed"
+            job.completed = now
+            job.log = "Job was marked as failed after timeout."
+        expired = job.valid_until is not None and job.valid_until <= now
+        if job.status == "completed" and expired:
+            job.status = "expired"
+
+    def expire_job_result(self, job_id: str) -> None:
+        """Make a finished job's result expired now (its URL answers 404)."""
+        with self._lock:
+            job = self._jobs[job_id]
+            job.valid_until = time.time() - 1
+            self._age_job(job)
+
+    def job_for_result(self, eshop_id: int, file_name: str) -> Job | None:
+        """The completed, unexpired job whose result file this is."""
+        job_id = file_name.partition("-")[0]
+        with self._lock:
+            job = self._jobs.get(job_id)
+            if job is None or job.eshop_id != eshop_id or job.file_name != file_name:
+                return None
+            self._age_job(job)
+            if job.status != "completed":
+                return None
+            self.stats.result_downloads[eshop_id] += 1
+            return copy.copy(job)
+
+    def job(self, job_id: str) -> Job | None:
+        """Any shop's job by id (a copy), None if unknown."""
+        with self._lock:
+            job = self._jobs.get(job_id)
+            return copy.copy(job) if job is not None else None
+
+    @property
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return [copy.copy(job) for job in self._jobs.values()]
 
     # -- install (partner ApiOAuthServer) -----------------------------------------
 

@@ -132,6 +132,18 @@ def _with(setup: Callable[[Any, Shop], None], call: Call) -> Call:
     return run
 
 
+def _job_finished(emu_client: Any, shop: Shop) -> None:
+    emu_client.emu.add_webhook(
+        shop.eshop_id, "job:finished", "https://addon.example/jobs", None
+    )
+
+
+def _started_job(emu_client: Any, shop: Shop) -> str:
+    _job_finished(emu_client, shop)
+    emu_client.emu.job_outcome = "never"
+    return emu_client.emu.start_job(shop.eshop_id, "orders", None).job_id
+
+
 # A ``from`` inside the 30 days of change history, with a "+" offset.
 RECENT = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S+0000")
 ALL_INCLUDES = "orderAdditionalFields,orderStatuses,paymentMethods,shippingMethods,imageCuts,countries,cashDesk"
@@ -263,6 +275,43 @@ API_CASES: list[tuple[str, Call, str, int, str | None]] = [
         "/api/products/changes",
         200,
         None,
+    ),
+    (
+        "order-snapshot",
+        _with(_job_finished, _api("GET", "/api/orders/snapshot")),
+        "/api/orders/snapshot",
+        202,
+        None,
+    ),
+    (
+        "order-snapshot-without-job-finished",
+        _api("GET", "/api/orders/snapshot"),
+        "/api/orders/snapshot",
+        403,
+        "job-finished-webhook-not-registered",
+    ),
+    (
+        "product-snapshot-too-many-guids",
+        _api("GET", "/api/products/snapshot", params={"productGuids": "a," * 51}),
+        "/api/products/snapshot",
+        400,
+        "invalid-parameter",
+    ),
+    (
+        "job-detail",
+        lambda emu_client, shop: emu_client.api(
+            "GET", f"/api/system/jobs/{_started_job(emu_client, shop)}", shop.token
+        ),
+        "/api/system/jobs/{jobId}",
+        200,
+        None,
+    ),
+    (
+        "job-detail-missing",
+        _api("GET", "/api/system/jobs/nojob12"),
+        "/api/system/jobs/{jobId}",
+        404,
+        "job-not-found",
     ),
     ("webhooks", _api("GET", "/api/webhooks"), "/api/webhooks", 200, None),
     (
@@ -550,6 +599,8 @@ def test_every_emulated_route_has_an_official_success_schema(shoptet_emulator):
     for endpoint in shoptet_emulator.endpoints:
         method, _, template = endpoint.partition(" ")
         status = 201 if endpoint == "POST /api/webhooks" else 200
+        if template.endswith("/snapshot"):
+            status = 202  # asynchronous: a job id
         assert schemas.is_documented(template, method, status), endpoint
 
 

@@ -282,3 +282,16 @@ def test_counters_count_requests_per_endpoint_and_drops(emu_client):
         f"{eshop_id} GET /api/orders/{{code}}": 2,
     }
     assert stats["drops"] == {str(eshop_id): 4}
+
+
+def test_the_stats_count_every_429_per_shop(emu_client):
+    eshop_id, token = emu_client.api_token()
+    emu_client.emu.bucket_capacity = 1
+    emu_client.emu.bucket_leak_per_second = 0.0
+
+    statuses = [
+        emu_client.api("GET", "/api/eshop", token).status_code for _ in range(3)
+    ]
+
+    assert statuses == [200, 429, 429]
+    assert emu_client.emu.stats_snapshot()["tooManyRequests"] == {str(eshop_id): 2}

@@ -1,0 +1,138 @@
+"""Snapshot jobs: what ``/api/{orders,products}/snapshot`` queue and their results.
+
+A job freezes the shop's items when it starts (``catalog.frozen``), finishes
+after ``job_latency`` seconds, and its result is JSON Lines, one detail-shaped
+item per line, gzip-compressed unless ``result_gzip`` is off. The result is never
+held in memory: lines are generated and compressed on the fly, 64 KiB at a time,
+both for the download and for the dry run that measures ``Content-Length``.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from shoptet_emulator import data
+from shoptet_emulator.catalog import Catalog, live_numbers
+
+JobStatus = Literal["pending", "completed", "failed", "expired"]
+JobOutcome = Literal["complete", "fail", "never"]
+BadLine = Literal["missing-field", "absurd-date", "huge-line"]
+Resource = Literal["orders", "products"]
+
+HUGE_LINE_BYTES = 50 * 1024 * 1024
+ABSURD_DATE = (
+    "9999-19-39T29:59:59+0000"  # matches typeDateTime's pattern, means nothing
+)
+_CHUNK = 64 * 1024
+_HUGE_MARK = "\x00huge\x00"
+
+
+@dataclass
+class Job:
+    """One asynchronous job of one e-shop."""
+
+    job_id: str
+    eshop_id: int
+    resource: Resource
+    endpoint: str
+    items: Catalog = field(repr=False)
+    only: list[int] | None  # orderCodes / productGuids filter, as item numbers
+    created: float  # epoch seconds
+    created_monotonic: float
+    outcome: JobOutcome
+    gzip: bool
+    bad_line: BadLine | None
+    bad_line_at: int
+    validity: float
+    suffix: str
+    status: JobStatus = "pending"
+    completed: float | None = None
+    valid_until: float | None = None
+    polls: int = 0
+    content_length: int | None = None
+    log: str | None = None
+
+    @property
+    def file_name(self) -> str:
+        return f"{self.job_id}-{self.suffix}.json"
+
+    def numbers(self) -> Iterator[int]:
+        if self.only is not None:
+            return (n for n in self.only if self.items.is_live(n))
+        return live_numbers(self.items)
+
+
+def lines(job: Job, shop: Any) -> Iterator[bytes]:
+    """The result's JSON Lines (uncompressed), one item per line, in chunks."""
+    build = data.order_detail if job.resource == "orders" else data.product_detail
+    key = "code" if job.resource == "orders" else "guid"
+    items = job.items
+    buffer: list[str] = []
+    size = 0
+    for index, number in enumerate(job.numbers()):
+        item = build(
+            shop,
+            number,
+            created=items.created(number),
+            changed=items.changed(number),
+            overlay=items.overlay.get(number),
+        )
+        if job.bad_line is not None and index == job.bad_line_at:
+            if job.bad_line == "huge-line":
+                yield from _flush(buffer)
+                size = 0
+                yield from _huge_line(item)
+                continue
+            if job.bad_line == "missing-field":
+                del item[key]
+            else:
+                item["creationTime"] = item["changeTime"] = ABSURD_DATE
+        line = json.dumps(item, ensure_ascii=False, separators=(",", ":")) + "\n"
+        buffer.append(line)
+        size += len(line)
+        if size >= _CHUNK:
+            yield from _flush(buffer)
+            size = 0
+    yield from _flush(buffer)
+
+
+def _flush(buffer: list[str]) -> Iterator[bytes]:
+    if buffer:
+        yield "".join(buffer).encode()
+        buffer.clear()
+
+
+def _huge_line(item: dict[str, Any]) -> Iterator[bytes]:
+    """One item whose line is 50 MB (a remark-like field of "x"), streamed in pieces."""
+    field_name = "externalCode" if "externalCode" in item else "internalNote"
+    item[field_name] = _HUGE_MARK
+    head, _, tail = json.dumps(
+        item, ensure_ascii=False, separators=(",", ":")
+    ).partition(json.dumps(_HUGE_MARK))
+    yield (head + '"').encode()
+    piece = b"x" * (1024 * 1024)
+    for _ in range(HUGE_LINE_BYTES // len(piece)):
+        yield piece
+    yield ('"' + tail + "\n").encode()
+
+
+def body(job: Job, shop: Any) -> Iterator[bytes]:
+    """The result file as served: gzip (deterministic: no name, mtime 0) or plain."""
+    if not job.gzip:
+        yield from lines(job, shop)
+        return
+    compressor = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+    for chunk in lines(job, shop):
+        compressed = compressor.compress(chunk)
+        if compressed:
+            yield compressed
+    yield compressor.flush()
+
+
+def measure(job: Job, shop: Any) -> int:
+    """The result's size in bytes, by generating it once (nothing is kept)."""
+    return sum(len(chunk) for chunk in body(job, shop))
