@@ -195,3 +195,24 @@ def test_retention_purge_deletes_the_mirror(
 
     assert not Order.objects.exists()
     assert not SyncState.objects.exists()
+
+
+def test_sync_events_are_registered_with_the_others_when_sync_is_on(
+    shop: Eshop, shoptet_settings: ShoptetEmulator, settings: Any
+) -> None:
+    from shoptet_api.client import ShoptetClient
+    from shoptet_api.provisioning import sync_webhooks
+
+    settings.SHOPTET_WEBHOOK_URL = "https://addon.example.com/webhooks/shoptet/"
+    settings.SHOPTET_WEBHOOK_EVENTS = ["eshop:projectDomain"]
+
+    with ShoptetClient(shop) as client:
+        registered = sync_webhooks(shop, client=client)
+
+    assert set(registered) == {
+        "eshop:projectDomain",
+        "job:finished",
+        "order:create",
+        "order:update",
+        "order:delete",
+    }
