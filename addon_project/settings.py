@@ -373,6 +373,35 @@ SHOPTET_INSTALL_ALLOWED_NETWORKS = [
 # ignore the header entirely (a client can write anything into it).
 NUM_PROXIES = env.int("NUM_PROXIES", default=0)
 
+
+def _rate(name: str, value: str) -> tuple[int, int]:
+    """`"20/60"` → (20, 60): at most 20 requests per 60-second window."""
+    count, _, seconds = value.partition("/")
+    if not (count.isdigit() and seconds.isdigit() and int(count) and int(seconds)):
+        raise ImproperlyConfigured(
+            f"{name} must look like COUNT/SECONDS with both above 0, e.g. 20/60"
+        )
+    return int(count), int(seconds)
+
+
+# Throttles on the URLs that make us call Shoptet's OAuth servers with our client credentials
+# (addon_project/throttle.py): per source address (IPv6 per /64) and per e-shop, shared by all
+# processes in Redis, answered 429 with Retry-After before any outbound call. A real install is
+# one call per shop (Shoptet's few servers send all of them); a merchant opens the settings a few
+# times a minute.
+THROTTLE_INSTALL_PER_ADDRESS = _rate(
+    "THROTTLE_INSTALL_PER_ADDRESS",
+    env.str("THROTTLE_INSTALL_PER_ADDRESS", default="20/60"),
+)
+THROTTLE_SETTINGS_PER_ADDRESS = _rate(
+    "THROTTLE_SETTINGS_PER_ADDRESS",
+    env.str("THROTTLE_SETTINGS_PER_ADDRESS", default="20/60"),
+)
+THROTTLE_SETTINGS_PER_ESHOP = _rate(
+    "THROTTLE_SETTINGS_PER_ESHOP",
+    env.str("THROTTLE_SETTINGS_PER_ESHOP", default="10/60"),
+)
+
 # Metrics (`/metrics`, Prometheus text): served for the bearer token or to an allowed network; with
 # neither set it answers 404. PROMETHEUS_MULTIPROC_DIR (read by prometheus-client itself) makes
 # the values of all gunicorn and Celery processes add up.

@@ -22,7 +22,8 @@ from django.utils import translation
 from eshops.models import Eshop
 
 SALT = "eshops.settings-session"
-LANGUAGES = ("cs", "sk", "hu", "en")
+# The page languages: the codes of settings.LANGUAGES (one list for Django and for us).
+LANGUAGES = tuple(code for code, _name in settings.LANGUAGES)
 
 P = ParamSpec("P")
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -27,7 +26,8 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 from django_stubs_ext import StrOrPromise
 
-from addon_project import logging_context
+from addon_project import logging_context, throttle
+from addon_project.client_ip import client_ip
 from eshops.decorators import (
     LANGUAGES,
     SettingsRequest,
@@ -41,13 +41,9 @@ from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import ShoptetAPIError, ShoptetOAuthError
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import refresh_eshop_details
-from shoptet_api.types import BasicEshop
+from shoptet_api.types import BasicEshop, is_code, parse_id
 
 logger = logging.getLogger(__name__)
-
-MAX_CODE_LENGTH = 512
-# ASCII digits only (str.isdigit also takes '²'), and no longer than a 64-bit id.
-ESHOP_ID = re.compile(r"[0-9]{1,19}")
 
 ERRORS = {
     "bad_request": _(
@@ -65,6 +61,7 @@ ERRORS = {
         "Your session has expired. Please open the addon from the Shoptet administration again."
     ),
     "origin": _("This request did not come from the settings page."),
+    "throttled": _("Too many sign-in attempts. Please wait a minute and try again."),
 }
 
 
@@ -133,14 +130,18 @@ def settings_entry(request: HttpRequest) -> HttpResponse:
     """Log the Shoptet admin user in (basic_eshop) and hand over to the settings page."""
     language = _language(request.GET.get("lang"))
     raw_id, code = request.GET.get("eshopId", ""), request.GET.get("code", "")
-    if not ESHOP_ID.fullmatch(raw_id) or not code or len(code) > MAX_CODE_LENGTH:
+    eshop_id = parse_id(raw_id)
+    if eshop_id is None or not is_code(code):
         return error_page(request, 400, "bad_request", language=language)
-    eshop = Eshop.objects.filter(
-        eshop_id=int(raw_id), status=Eshop.Status.ACTIVE
-    ).first()
+    eshop = Eshop.objects.filter(eshop_id=eshop_id, status=Eshop.Status.ACTIVE).first()
     if eshop is None:
         return error_page(request, 403, "not_installed", language=language)
     logging_context.bind(eshop_id=eshop.eshop_id)
+    wait = _throttle_login(request, eshop.eshop_id)
+    if wait is not None:
+        response = error_page(request, 429, "throttled", language=language)
+        response["Retry-After"] = str(wait)
+        return response
     try:
         identity = _login(request, eshop, code)
     except ShoptetOAuthError as exc:
@@ -170,6 +171,31 @@ def settings_entry(request: HttpRequest) -> HttpResponse:
     return HttpResponseRedirect(
         f"{reverse('eshops:settings_page')}?{urlencode({'s': session.sign()})}"
     )
+
+
+def _throttle_login(request: HttpRequest, eshop_id: int) -> int | None:
+    """Each login calls the e-shop's OAuth server with our credentials: limit them per source
+    address and per e-shop before any call. Seconds to wait, or None."""
+    source = throttle.source_subject(client_ip(request))
+    wait = throttle.hit(
+        {
+            throttle.throttle_key("settings-login", source): (
+                settings.THROTTLE_SETTINGS_PER_ADDRESS
+            ),
+            throttle.throttle_key("settings-login", f"eshop:{eshop_id}"): (
+                settings.THROTTLE_SETTINGS_PER_ESHOP
+            ),
+        },
+        what="settings login",
+    )
+    if wait is not None:
+        logger.warning(
+            "settings login throttled: eshop_id=%s source %s, retry in %s s",
+            eshop_id,
+            source,
+            wait,
+        )
+    return wait
 
 
 def _login(request: HttpRequest, eshop: Eshop, code: str) -> BasicEshop:
@@ -256,6 +282,8 @@ def _save(form: EshopSettingsForm, eshop: Eshop, session: SettingsSession) -> No
 # (the inbox's status labels are written for operators).
 WEBHOOK_STATES: dict[str, tuple[StrOrPromise, str]] = {
     WebhookEvent.Status.RECEIVED: (_("Waiting to be processed"), "info"),
+    # Claimed by a worker: to the merchant, still not done.
+    WebhookEvent.Status.PROCESSING: (_("Waiting to be processed"), "info"),
     WebhookEvent.Status.PROCESSED: (_("Processed"), "ok"),
     WebhookEvent.Status.IGNORED: (_("Nothing to do"), "neutral"),
     WebhookEvent.Status.FAILED: (_("Failed, will be retried"), "warn"),

@@ -34,7 +34,8 @@ from shoptet_api.errors import (
 )
 from shoptet_api.limiter import request_slot
 from shoptet_api.tokens import get_api_access_token, invalidate_api_token
-from shoptet_api.transport import USER_AGENT, Timeout, default_timeout, send
+from shoptet_api.transport import Timeout, default_timeout, new_session, send
+from shoptet_api.types import ResponseShapeError, load_json
 
 if TYPE_CHECKING:
     from eshops.models import Eshop
@@ -167,11 +168,9 @@ class ShoptetClient:
         self.timeout = timeout or default_timeout()
         self.base_url = settings.SHOPTET_API_URL.rstrip("/")
         self._state_checked_at = time.monotonic()
-        self.session = requests.Session()
-        self.session.trust_env = False
+        self.session = new_session()
         self.session.headers.update(
             {
-                "User-Agent": USER_AGENT,
                 "Content-Type": "application/json",
                 "Accept": "application/json",
             }
@@ -428,10 +427,10 @@ class ShoptetClient:
         if response.status_code == 204 or not response.content:
             return None
         try:
-            body = response.json()
-        except ValueError:
+            body = load_json(response.content)
+        except ResponseShapeError as exc:
             raise ShoptetInvalidResponse(
-                "the answer is not JSON",
+                f"the answer is {exc}",
                 status_code=response.status_code,
                 raw_body=response.text,
                 endpoint=label,

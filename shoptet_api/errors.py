@@ -8,17 +8,32 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
-import json
 import logging
 import re
 from typing import Any, ClassVar
 
 import requests
 
+from shoptet_api.types import ResponseShapeError, load_json
+
 logger = logging.getLogger(__name__)
 
 # How much of an unexpected body an exception keeps for operators.
 RAW_BODY_LIMIT = 2000
+# How much of a code (`error`, `errorCode`), request id and message the other side sent is kept.
+CODE_LIMIT = 100
+MESSAGE_LIMIT = 500
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters (marked with …) and with control characters replaced."""
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return (
+        text
+        if text.isprintable()
+        else "".join(char if char.isprintable() else "?" for char in text)
+    )
 
 
 class ShoptetAPIError(Exception):
@@ -39,12 +54,15 @@ class ShoptetAPIError(Exception):
         endpoint: str | None = None,
         retry_after: dt.datetime | None = None,
     ) -> None:
+        # Codes, messages and ids come from the other side: bounded and printable before they
+        # reach a log line or a page (a 100 kB `error` must not be reflected whole).
+        message = clip(message, MESSAGE_LIMIT)
         super().__init__(message)
         self.message = message
         self.status_code = status_code
-        self.error_code = error_code
+        self.error_code = None if error_code is None else clip(error_code, CODE_LIMIT)
         self.errors = errors or []
-        self.request_id = request_id
+        self.request_id = None if request_id is None else clip(request_id, CODE_LIMIT)
         self.body = body
         self.raw_body = raw_body[:RAW_BODY_LIMIT]
         self.endpoint = endpoint
@@ -233,8 +251,8 @@ def parse_retry_after(
 
 def _json_or_none(response: requests.Response) -> Any:
     try:
-        return response.json()
-    except (ValueError, json.JSONDecodeError):
+        return load_json(response.content)
+    except ResponseShapeError:
         return None
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,8 +17,15 @@ from shoptet_api.errors import (
     error_from_response,
     request_id_of,
 )
-from shoptet_api.transport import send
-from shoptet_api.types import ApiAccessToken, BasicEshop, OAuthGrant, ResponseShapeError
+from shoptet_api.transport import OAUTH_MAX_ANSWER_BYTES, send
+from shoptet_api.types import (
+    MAX_TOKEN_LENGTH,
+    ApiAccessToken,
+    BasicEshop,
+    OAuthGrant,
+    ResponseShapeError,
+    load_json,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -36,14 +44,23 @@ def missing_install_settings() -> list[str]:
     return [name for name in INSTALL_SETTINGS if not getattr(settings, name)]
 
 
+def _send(
+    method: str, url: str, *, timeout: tuple[float, float], **kwargs: Any
+) -> requests.Response:
+    # OAuth answers are small: a token or who is logged in. Anything bigger is not one.
+    return send(
+        method, url, timeout=timeout, max_bytes=OAUTH_MAX_ANSWER_BYTES, **kwargs
+    )
+
+
 def _parse(response: requests.Response, *, endpoint: str) -> object:
     if response.status_code != 200:
         raise error_from_response(response, endpoint=endpoint)
     try:
-        return response.json()
-    except ValueError:
+        return load_json(response.content)
+    except ResponseShapeError as exc:
         raise ShoptetInvalidResponse(
-            "the answer is not JSON",
+            f"the answer is {exc}",
             status_code=response.status_code,
             raw_body=response.text,
             endpoint=endpoint,
@@ -80,16 +97,16 @@ def exchange_code(*, code: str) -> OAuthGrant:
         "redirect_uri": settings.SHOPTET_REDIRECT_URI,
         "scope": "api",
     }
-    response = send(
+    # Shoptet waits at most 5 s for the whole install callback: the exchange, connection
+    # included, ends within SHOPTET_INSTALL_READ_TIMEOUT (3 s) of wall-clock time whatever the
+    # server does, which leaves room for the database.
+    budget = settings.SHOPTET_INSTALL_READ_TIMEOUT
+    response = _send(
         "POST",
         f"{settings.SHOPTET_OAUTH_URL}token",
         json=payload,
-        # Shoptet waits at most 5 s for the whole install callback: connect (at most 1 s) and
-        # read (SHOPTET_INSTALL_READ_TIMEOUT, 3 s) leave room for the database.
-        timeout=(
-            min(settings.SHOPTET_CONNECT_TIMEOUT, 1.0),
-            settings.SHOPTET_INSTALL_READ_TIMEOUT,
-        ),
+        timeout=(min(settings.SHOPTET_CONNECT_TIMEOUT, 1.0), budget),
+        deadline=time.monotonic() + budget,
         endpoint=endpoint,
     )
     return _parse_as(response, OAuthGrant.from_json, endpoint=endpoint)
@@ -102,7 +119,7 @@ def fetch_api_access_token(*, oauth_token: str) -> ApiAccessToken:
     if not settings.SHOPTET_OAUTH_URL:
         raise ImproperlyConfigured("SHOPTET_OAUTH_URL is not set")
     endpoint = "GET oauth/getAccessToken"
-    response = send(
+    response = _send(
         "GET",
         f"{settings.SHOPTET_OAUTH_URL}getAccessToken",
         headers={"Authorization": f"Bearer {oauth_token}"},
@@ -131,7 +148,7 @@ def exchange_admin_code(*, oauth_url: str, code: str, redirect_uri: str) -> str:
         "redirect_uri": redirect_uri,
         "scope": "basic_eshop",
     }
-    response = send(
+    response = _send(
         "POST",
         f"{oauth_url}token",
         json=payload,
@@ -140,7 +157,7 @@ def exchange_admin_code(*, oauth_url: str, code: str, redirect_uri: str) -> str:
     )
     body = _parse(response, endpoint=endpoint)
     token = body.get("access_token") if isinstance(body, dict) else None
-    if not isinstance(token, str) or not token or len(token) > 4096:
+    if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
         raise ShoptetInvalidResponse(
             "unexpected token response: no access_token",
             status_code=200,
@@ -154,7 +171,7 @@ def exchange_admin_code(*, oauth_url: str, code: str, redirect_uri: str) -> str:
 def get_basic_eshop(*, oauth_url: str, token: str) -> BasicEshop:
     """Who is logged in: `resource?method=getBasicEshop` with the `basic_eshop` token."""
     endpoint = "GET admin-oauth/getBasicEshop"
-    response = send(
+    response = _send(
         "GET",
         f"{oauth_url}resource",
         params={"method": "getBasicEshop"},

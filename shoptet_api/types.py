@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import re
 from typing import Any
@@ -14,12 +15,65 @@ logger = logging.getLogger(__name__)
 # Generous bounds: real OAuth tokens are ~255 chars, API tokens 38-60. Anything far beyond is
 # not a token and is refused instead of stored.
 MAX_TOKEN_LENGTH = 4096
+# Shoptet documents 255-character install and login codes; allow headroom for a format change,
+# refuse absurd sizes. Printable ASCII without spaces: anything else cannot be a Shoptet code.
+MAX_CODE_LENGTH = 512
+CODE_PATTERN = re.compile(r"[\x21-\x7e]+")
 # An id sent as a string: ASCII digits, at most 19 (str.isdigit also accepts '²').
-_DIGITS = re.compile(r"[0-9]{1,19}")
+ID_DIGITS = re.compile(r"[0-9]{1,19}")
+# E-shop ids are stored in a signed 64-bit column (PositiveBigIntegerField).
+MAX_ID = 2**63 - 1
+# Shoptet's API tokens live 30 minutes; a lifetime beyond a day is not an answer we can use.
+MAX_EXPIRES_IN = 86_400
+# Shoptet's answers nest a few levels; far deeper JSON is hostile (and Python's parser recurses).
+MAX_JSON_DEPTH = 64
 
 
 class ResponseShapeError(ValueError):
     """A field is missing or has the wrong type; the message names the field, never its value."""
+
+
+def is_code(value: str) -> bool:
+    """Whether `value` can be a Shoptet install or login code (bounded, printable ASCII)."""
+    return 0 < len(value) <= MAX_CODE_LENGTH and bool(CODE_PATTERN.fullmatch(value))
+
+
+def parse_id(value: object) -> int | None:
+    """An e-shop or project id from JSON or a query string: a positive int that fits the
+    database column, or None."""
+    if isinstance(value, str) and ID_DIGITS.fullmatch(value):
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return value if 0 < value <= MAX_ID else None
+
+
+def load_json(raw: bytes | str) -> Any:
+    """Parse a Shoptet answer; ResponseShapeError if it is not JSON or nests too deep."""
+    try:
+        value = json.loads(raw)
+    except RecursionError:
+        raise ResponseShapeError("JSON nested too deeply") from None
+    except ValueError:
+        raise ResponseShapeError("not JSON") from None
+    if _deeper_than(value, MAX_JSON_DEPTH):
+        raise ResponseShapeError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    if not isinstance(value, dict | list):
+        return False
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node
+        if depth > limit:
+            return True
+        stack.extend(
+            (child, depth + 1) for child in children if isinstance(child, dict | list)
+        )
+    return False
 
 
 def _token(payload: dict[str, Any], key: str) -> Secret:
@@ -48,13 +102,15 @@ class OAuthGrant:
     def from_json(cls, payload: Any) -> OAuthGrant:
         if not isinstance(payload, dict):
             raise ResponseShapeError("the body is not a JSON object")
-        eshop_id = payload.get("eshopId")
+        raw_id = payload.get("eshopId")
         # Documented as an int; accept a numeric string too (and say so) rather than fail an install.
-        if isinstance(eshop_id, str) and _DIGITS.fullmatch(eshop_id):
+        eshop_id = parse_id(raw_id)
+        if eshop_id is None:
+            raise ResponseShapeError(
+                f"'eshopId' is missing or not an integer from 1 to {MAX_ID}"
+            )
+        if isinstance(raw_id, str):
             logger.warning("token response: eshopId arrived as a string; accepted")
-            eshop_id = int(eshop_id)
-        if isinstance(eshop_id, bool) or not isinstance(eshop_id, int) or eshop_id <= 0:
-            raise ResponseShapeError("'eshopId' is missing or not a positive integer")
         eshop_url = payload.get("eshopUrl")
         if not isinstance(eshop_url, str) or not eshop_url.startswith(
             ("https://", "http://")
@@ -90,10 +146,10 @@ class ApiAccessToken:
         if (
             isinstance(expires_in, bool)
             or not isinstance(expires_in, int)
-            or expires_in <= 0
+            or not 0 < expires_in <= MAX_EXPIRES_IN
         ):
             raise ResponseShapeError(
-                "'expires_in' is missing or not a positive integer"
+                f"'expires_in' is missing or not an integer from 1 to {MAX_EXPIRES_IN}"
             )
         return cls(access_token=_token(payload, "access_token"), expires_in=expires_in)
 
@@ -114,12 +170,12 @@ class BasicEshop:
         project, user = data.get("project"), data.get("user")
         if not isinstance(project, dict):
             raise ResponseShapeError("'data.project' is missing")
-        project_id = project.get("id")
         # An int in the documented examples; a numeric string is accepted, nothing else.
-        if isinstance(project_id, str) and _DIGITS.fullmatch(project_id):
-            project_id = int(project_id)
-        if isinstance(project_id, bool) or not isinstance(project_id, int):
-            raise ResponseShapeError("'data.project.id' is not an integer")
+        project_id = parse_id(project.get("id"))
+        if project_id is None:
+            raise ResponseShapeError(
+                f"'data.project.id' is not an integer from 1 to {MAX_ID}"
+            )
         user = user if isinstance(user, dict) else {}
         email, name = user.get("email"), user.get("name")
         return cls(

@@ -296,8 +296,10 @@ def test_reinstall_replaces_token_and_reactivates(
 
 @pytest.mark.django_db(transaction=True)
 def test_concurrent_installs_and_duplicate_codes_make_one_tenant_per_shop(
-    shoptet_settings: ShoptetEmulator,
+    shoptet_settings: ShoptetEmulator, settings: Any
 ) -> None:
+    # 26 installs from one test address.
+    settings.THROTTLE_INSTALL_PER_ADDRESS = (100, 60)
     shops = [shoptet_settings.add_eshop() for _ in range(20)]
     codes = [shoptet_settings.issue_install_code(shop.eshop_id) for shop in shops]
     # Five codes are delivered twice, and one shop gets a second install code racing its first.
