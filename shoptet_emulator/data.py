@@ -8,6 +8,7 @@ a failing test after ``extract.py`` is re-run.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -318,7 +319,13 @@ _PRODUCT_NAMES = ("Hrnek", "Tričko", "Batoh", "Svíčka", "Zápisník", "Čaj",
 
 def prague_datetime(epoch: float) -> str:
     """Shoptet's ``typeDateTime`` in the shop's zone: ``2025-03-01T10:00:00+0100``."""
-    return datetime.fromtimestamp(epoch, PRAGUE).strftime("%Y-%m-%dT%H:%M:%S%z")
+    return _prague_second(int(epoch))
+
+
+@functools.lru_cache(maxsize=4096)
+def _prague_second(second: int) -> str:
+    # Cached: a batch of orders shares a few seconds, and snapshots format 100,000s.
+    return datetime.fromtimestamp(second, PRAGUE).strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def order_code(number: int) -> str:

@@ -23,6 +23,7 @@ import re
 import secrets
 import socket
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -284,6 +285,7 @@ class ShoptetEmulator(EmulatorState):
         self._thread: threading.Thread | None = None
         self._routes = self._api_routes()
         self._timers: list[threading.Timer] = []
+        self._results: tempfile.TemporaryDirectory[str] | None = None
         self._timers_lock = threading.Lock()
 
     # -- lifecycle --------------------------------------------------------------
@@ -309,6 +311,13 @@ class ShoptetEmulator(EmulatorState):
         self._cancel_timers()
         super().reset()
 
+    def reset_results(self) -> None:
+        """Remove the directory of written snapshot results."""
+        with self._timers_lock:
+            results, self._results = self._results, None
+        if results is not None:
+            results.cleanup()
+
     def _cancel_timers(self) -> None:
         with self._timers_lock:
             timers, self._timers = self._timers, []
@@ -316,8 +325,9 @@ class ShoptetEmulator(EmulatorState):
             timer.cancel()
 
     def stop(self) -> None:
-        """Stop serving and close every open connection."""
+        """Stop serving, close every open connection, remove written results."""
         self._cancel_timers()
+        self.reset_results()
         server, self._server = self._server, None
         if server is None:
             return
@@ -1057,14 +1067,22 @@ class ShoptetEmulator(EmulatorState):
             job = self.job(job_id)
             if job is None:
                 return
-            length = None
+            length = path = None
             if job.outcome == "complete" and self.result_content_length:
-                length = snapshots.measure(job, self.get_eshop(job.eshop_id))
-            finished = self.finish_job(job_id, length)
+                path, length = snapshots.write(
+                    job, self.get_eshop(job.eshop_id), self._results_dir()
+                )
+            finished = self.finish_job(job_id, length, path)
             if finished is not None:
                 self._notify(finished.eshop_id, "job:finished", job_id)
         except Exception:
             logger.exception("emulated job %s failed to finish", job_id)
+
+    def _results_dir(self) -> str:
+        with self._timers_lock:
+            if self._results is None:
+                self._results = tempfile.TemporaryDirectory(prefix="shoptet-emulator-")
+            return self._results.name
 
     def _job_detail(
         self, _r: Request, shop: EmulatedEshop, params: dict[str, str]
@@ -1116,7 +1134,9 @@ class ShoptetEmulator(EmulatorState):
         if job.content_length is not None:
             headers["Content-Length"] = str(job.content_length)
         reply = Reply(200, b"", headers, content_type="application/octet-stream")
-        reply.stream = snapshots.body(job, shop)
+        reply.stream = (
+            snapshots.read(job.path) if job.path else snapshots.body(job, shop)
+        )
         return reply
 
     def _renew_signature_key(

@@ -3,16 +3,21 @@
 A job freezes the shop's items when it starts (``catalog.frozen``), finishes
 after ``job_latency`` seconds, and its result is JSON Lines, one detail-shaped
 item per line, gzip-compressed unless ``result_gzip`` is off. The result is never
-held in memory: lines are generated and compressed on the fly, 64 KiB at a time,
-both for the download and for the dry run that measures ``Content-Length``.
+held in memory: lines are generated and compressed 64 KiB at a time, either into
+a temporary file when the job finishes (served with its ``Content-Length``, like
+Shoptet's static file) or, with ``result_content_length`` off, straight into the
+download (chunked, no length).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from shoptet_emulator import data
@@ -54,6 +59,7 @@ class Job:
     valid_until: float | None = None
     polls: int = 0
     content_length: int | None = None
+    path: str | None = None  # the written result file, if written
     log: str | None = None
 
     @property
@@ -133,6 +139,27 @@ def body(job: Job, shop: Any) -> Iterator[bytes]:
     yield compressor.flush()
 
 
-def measure(job: Job, shop: Any) -> int:
-    """The result's size in bytes, by generating it once (nothing is kept)."""
-    return sum(len(chunk) for chunk in body(job, shop))
+def write(job: Job, shop: Any, directory: str) -> tuple[str, int]:
+    """Write the result file, as the job would on the shop's host: (path, size).
+
+    Written chunk by chunk, so memory stays flat; serving it later costs only disk
+    reads, so a client's download speed is not bounded by the emulator's JSON.
+    """
+    fd, path = tempfile.mkstemp(prefix=f"{job.job_id}-", suffix=".json", dir=directory)
+    size = 0
+    with os.fdopen(fd, "wb") as fh:
+        for chunk in body(job, shop):
+            fh.write(chunk)
+            size += len(chunk)
+    return path, size
+
+
+def read(path: str) -> Iterator[bytes]:
+    """A written result file in 64 KiB pieces (empty if it was removed meanwhile)."""
+    try:
+        fh = Path(path).open("rb")  # noqa: SIM115 - closed by the generator
+    except FileNotFoundError:
+        return
+    with fh:
+        while chunk := fh.read(_CHUNK):
+            yield chunk

@@ -8,6 +8,7 @@ answers that show a date (``Retry-After``, ``created``) use the wall clock.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import secrets
@@ -16,6 +17,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from shoptet_emulator import data
@@ -335,6 +337,7 @@ class EmulatorState:
     def reset(self) -> None:
         """Forget every e-shop, code, token, knob and counter."""
         with self._lock:
+            self._drop_results()
             self._clear()
 
     # -- knobs ------------------------------------------------------------------
@@ -700,12 +703,17 @@ class EmulatorState:
             self.stats.snapshot_jobs[eshop_id] += 1
             return job
 
-    def finish_job(self, job_id: str, content_length: int | None) -> Job | None:
+    def finish_job(
+        self, job_id: str, content_length: int | None, path: str | None = None
+    ) -> Job | None:
         """Mark a job done as its outcome says; None if it is gone (reset)."""
         with self._lock:
             job = self._jobs.get(job_id)
             if job is None or job.status != "pending":
+                if path is not None:
+                    _remove(path)
                 return None
+            job.path = path
             now = time.time()
             job.completed = now
             if job.outcome == "fail":
@@ -753,6 +761,9 @@ class EmulatorState:
         expired = job.valid_until is not None and job.valid_until <= now
         if job.status == "completed" and expired:
             job.status = "expired"
+            if job.path is not None:
+                _remove(job.path)
+                job.path = None
 
     def expire_job_result(self, job_id: str) -> None:
         """Make a finished job's result expired now (its URL answers 404)."""
@@ -760,6 +771,13 @@ class EmulatorState:
             job = self._jobs[job_id]
             job.valid_until = time.time() - 1
             self._age_job(job)
+
+    def _drop_results(self) -> None:
+        """Remove every written result file (on reset and stop)."""
+        for job in self._jobs.values():
+            if job.path is not None:
+                _remove(job.path)
+                job.path = None
 
     def job_for_result(self, eshop_id: int, file_name: str) -> Job | None:
         """The completed, unexpired job whose result file this is."""
@@ -1177,6 +1195,11 @@ class EmulatorState:
                 "user": {"email": entry.user_email, "name": entry.user_name},
                 "project": {"id": shop.eshop_id, "url": shop.url, "name": shop.name},
             }
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        Path(path).unlink()
 
 
 def _route_key(endpoint: str) -> str:

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -311,3 +312,21 @@ def test_a_fifty_megabyte_line_is_streamed(emu_client, shop, hook_receiver):
 
     assert longest > HUGE_LINE_BYTES
     assert current == 0  # the file ends with a newline
+
+
+def test_result_files_are_removed_when_they_expire_and_on_reset(
+    emu_client, shop, hook_receiver
+):
+    _, token = shop
+    first = _start(emu_client, token)
+    _wait_done(emu_client, token, first, hook_receiver)
+    second = _start(emu_client, token)
+    _wait_done(emu_client, token, second, hook_receiver)
+    paths = [Path(emu_client.emu.job(job_id).path) for job_id in (first, second)]
+    assert all(path.is_file() for path in paths)
+
+    emu_client.emu.expire_job_result(first)
+    assert not paths[0].exists()
+    assert paths[1].exists()
+    emu_client.emu.reset()
+    assert not paths[1].exists()
