@@ -67,7 +67,7 @@ RECENT_EVENTS = 10
 TENANT_ACTIONS = {
     "renew_api_token_now": "Renew API token now",
     "reregister_webhooks": "Re-register webhooks",
-    "suspend_processing": "Pause processing",
+    "pause_processing": "Pause processing",
     "resume_processing": "Resume processing",
     "purge_uninstalled_tenants": "Purge…",
 }
@@ -313,7 +313,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     actions = [
         "renew_api_token_now",
         "reregister_webhooks",
-        "suspend_processing",
+        "pause_processing",
         "resume_processing",
         "purge_uninstalled_tenants",
     ]
@@ -398,7 +398,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         applies = {
             "renew_api_token_now": active,
             "reregister_webhooks": active,
-            "suspend_processing": not paused,
+            "pause_processing": not paused,
             "resume_processing": paused,
             "purge_uninstalled_tenants": eshop.status == Eshop.Status.UNINSTALLED,
         }
@@ -637,9 +637,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
     @admin.action(
         description="Pause processing (API calls and jobs)", permissions=["change"]
     )
-    def suspend_processing(
-        self, request: HttpRequest, queryset: QuerySet[Eshop]
-    ) -> None:
+    def pause_processing(self, request: HttpRequest, queryset: QuerySet[Eshop]) -> None:
         self._pause(request, queryset, paused=True)
 
     @admin.action(description="Resume processing", permissions=["change"])
@@ -655,17 +653,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         # operator's pause, and resuming must not revive a shop Shoptet suspended.
         operator = _operator(request)
         for eshop in queryset:
-            rows = Eshop.objects.filter(
-                pk=eshop.pk, processing_paused_at__isnull=paused
-            )
-            if paused:
-                changed = rows.update(
-                    processing_paused_at=timezone.now(), processing_paused_by=operator
-                )
-            else:
-                changed = rows.update(
-                    processing_paused_at=None, processing_paused_by=""
-                )
+            changed = eshop.pause(by=operator) if paused else eshop.resume()
             if changed:
                 detail, level = ("paused" if paused else "resumed"), messages.SUCCESS
             else:

@@ -16,6 +16,9 @@ logger = logging.getLogger(__name__)
 
 # Post-install setup finished for the latest (re)install.
 SETUP_DONE = models.Q(setup_completed_at__gte=models.F("last_installed_at"))
+# How far ahead of our clock a lifecycle event's own time may be (clock skew between Shoptet and
+# us). The ordering mark never moves past now + this: a far-future event cannot freeze the tenant.
+LIFECYCLE_EVENT_MAX_AHEAD = datetime.timedelta(days=1)
 
 
 class EshopQuerySet(models.QuerySet["Eshop"]):
@@ -165,7 +168,9 @@ class Eshop(models.Model):
                 )
                 return False
             if occurred_at is not None:
-                locked.lifecycle_event_at = occurred_at
+                locked.lifecycle_event_at = min(
+                    occurred_at, timezone.now() + LIFECYCLE_EVENT_MAX_AHEAD
+                )
             if to != locked.status and to not in ALLOWED_TRANSITIONS[locked.status]:
                 logger.warning(
                     "eshop_id=%s: %s -> %s not allowed (%s)",

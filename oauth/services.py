@@ -7,7 +7,6 @@ from functools import partial
 
 import redis
 from django.db import transaction
-from django.db.models import F
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -69,29 +68,13 @@ def install_addon(*, code: str) -> Eshop:
         if created:
             eshop.record_install(created=True, at=received_at)
         else:
-            stored_at = eshop.oauth_token_received_at
-            if stored_at is None or stored_at <= received_at:
-                eshop.oauth_access_token = grant.access_token
-                eshop.oauth_token_received_at = received_at
-            else:
-                # Two installs for one shop raced and the other answer came later: its token is
-                # the one Shoptet issued last, so it stays.
-                logger.warning(
-                    "install: eshop_id=%s kept the newer token of a concurrent install",
-                    eshop.eshop_id,
-                )
-            eshop.record_install(created=False, at=received_at)
-            eshop.url = grant.eshop_url
-            eshop.contact_email = grant.contact_email
-            eshop.trial = grant.trial
-            eshop.status = Eshop.Status.ACTIVE
-            eshop.status_reason = "reinstalled"
-            eshop.status_changed_at = received_at
-            eshop.uninstalled_at = None
-            eshop.last_installed_at = max(eshop.last_installed_at, received_at)
-            eshop.install_count = F("install_count") + 1
-            eshop.save()
-            eshop.refresh_from_db(fields=["install_count"])
+            eshop.reinstall(
+                oauth_access_token=grant.access_token,
+                received_at=received_at,
+                url=grant.eshop_url,
+                contact_email=grant.contact_email,
+                trial=grant.trial,
+            )
         # After commit, and never failing the install: a broker outage is repaired by the
         # complete_pending_installs sweep.
         transaction.on_commit(

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import random
 import re
 import time
 from collections.abc import Iterator
@@ -16,6 +14,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from addon_project import metrics
 from addon_project.logging_context import eshop_scoped
+from shoptet_api import retry
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -25,7 +24,6 @@ from shoptet_api.errors import (
     ShoptetForbidden,
     ShoptetInvalidResponse,
     ShoptetInvalidToken,
-    ShoptetLocked,
     ShoptetNotFound,
     ShoptetPartialSuccess,
     envelope_errors,
@@ -272,7 +270,7 @@ class ShoptetClient:
                 continue
             if not error.retryable:
                 raise error
-            wait = retry_wait(error, attempt)
+            wait = retry.client_wait(error, attempt)
             if attempt >= attempts or time.monotonic() + wait > deadline:
                 logger.warning(
                     "eshop_id=%s %s: giving up after %s attempts: %s",
@@ -291,7 +289,7 @@ class ShoptetClient:
                 attempt,
                 wait,
             )
-            time.sleep(wait)
+            retry.sleep(wait)
 
     # --- internals ---
 
@@ -472,16 +470,3 @@ class ShoptetClient:
                 reason=f"{label}: {error.message}",
                 source="shoptet",
             )
-
-
-def retry_wait(error: ShoptetAPIError, attempt: int) -> float:
-    """Seconds to wait before retry number `attempt`: Retry-After for 429, short for 423, else backoff."""
-    jitter = random.uniform(0, 0.25)  # noqa: S311 (jitter, not security)
-    if error.retry_after is not None:
-        seconds = (error.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
-        return min(max(seconds, 0.0), float(settings.SHOPTET_RETRY_AFTER_CAP)) + jitter
-    if isinstance(error, ShoptetLocked):
-        # Shoptet locks a write URL for at most 5 s.
-        return min(0.5 * attempt, 2.5) + jitter
-    backoff = min(0.5 * 2.0 ** (attempt - 1), 8.0)
-    return backoff * (0.5 + random.random() / 2)  # noqa: S311 (full jitter)

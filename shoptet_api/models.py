@@ -17,6 +17,7 @@ class WebhookEventQuerySet(models.QuerySet["WebhookEvent"]):
 class WebhookEvent(models.Model):
     class Status(models.TextChoices):
         RECEIVED = "received", "Received"
+        PROCESSING = "processing", "Processing (claimed by a worker)"
         PROCESSED = "processed", "Processed"
         IGNORED = "ignored", "Ignored (stale or no handler)"
         FAILED = "failed", "Failed (will retry)"
@@ -48,6 +49,9 @@ class WebhookEvent(models.Model):
     )
     attempts = models.PositiveSmallIntegerField(default=0)
     next_attempt_at = models.DateTimeField(null=True, blank=True)
+    # While PROCESSING: the worker's lease. Past it, the worker is taken for dead and the
+    # redelivery sweep runs the row again (the attempt it spent is counted).
+    claimed_until = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     result = models.CharField(
         max_length=255, blank=True, help_text="What the handler did."

@@ -8,6 +8,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
@@ -29,10 +30,21 @@ def complete_install(eshop: Eshop) -> None:
         renew_signature_key_once(eshop, client=client)
         sync_webhooks(eshop, client=client)
         refresh_eshop_details(eshop, client=client)
-    Eshop.objects.filter(pk=eshop.pk).update(
-        setup_completed_at=timezone.now(), updated_at=timezone.now()
-    )
-    logger.info("eshop_id=%s: post-install setup complete", eshop.eshop_id)
+    # Done only with a signature key of this install: when another setup holds the renewal and
+    # then fails, this one must not mark it done (complete_pending_installs runs it again).
+    done = Eshop.objects.filter(
+        pk=eshop.pk,
+        webhook_signature_key__isnull=False,
+        signature_key_renewed_at__gte=F("last_installed_at"),
+    ).update(setup_completed_at=timezone.now(), updated_at=timezone.now())
+    if done:
+        logger.info("eshop_id=%s: post-install setup complete", eshop.eshop_id)
+    else:
+        logger.info(
+            "eshop_id=%s: post-install setup waits for the signature key "
+            "(another process is renewing it)",
+            eshop.eshop_id,
+        )
 
 
 def key_renewal_lock_key(eshop_id: int) -> str:

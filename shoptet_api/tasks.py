@@ -8,7 +8,6 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
 
 from celery import Task, shared_task
 from django.conf import settings
@@ -17,76 +16,71 @@ from django.utils import timezone
 
 from addon_project import logging_context
 from eshops.models import Eshop
-from shoptet_api import tokens, webhooks
+from shoptet_api import retry, tokens, webhooks
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
     ProcessingPaused,
     ShoptetAPIError,
-    ShoptetRateLimited,
 )
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import complete_install, sync_webhooks
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-
 MAX_RETRIES = 5
 # Most post-install setups one sweep re-enqueues.
 PENDING_SETUP_BATCH = 1000
-# Longest countdown a task retry may ask for (the Redis broker redelivers after an hour).
-MAX_RETRY_COUNTDOWN = 600.0
 
 
-def _active_eshop(eshop_id: int) -> Eshop | None:
-    logging_context.bind(eshop_id=eshop_id)
-    eshop = Eshop.objects.filter(eshop_id=eshop_id).first()
-    if eshop is None or not eshop.can_call_api:
-        state = (
-            "gone"
-            if eshop is None
-            else ("paused" if eshop.processing_paused_at else eshop.status)
-        )
-        logger.info("eshop_id=%s is %s; task skipped", eshop_id, state)
-        return None
-    return eshop
+class EshopTask(Task[[int], None]):
+    """A task about one e-shop, called with its `eshop_id` (pretix `EventTask`).
+
+    `for_eshop` loads the tenant, skips one that is gone or may not call the API (with a log
+    line), runs the work, stops quietly on a permanent Shoptet verdict (the tenant's status has
+    already changed) and retries only errors that say they are retryable, with the shared backoff
+    (a 429 waits for its Retry-After).
+    """
+
+    max_retries = MAX_RETRIES
+
+    def for_eshop(self, eshop_id: int, work: Callable[[Eshop], object]) -> None:
+        """Run `work(eshop)` for the tenant `eshop_id` under this task's skip and retry rules."""
+        logging_context.bind(eshop_id=eshop_id)
+        eshop = Eshop.objects.filter(eshop_id=eshop_id).first()
+        if eshop is None or not eshop.can_call_api:
+            state = (
+                "gone"
+                if eshop is None
+                else ("paused" if eshop.processing_paused_at else eshop.status)
+            )
+            logger.info("eshop_id=%s is %s; %s skipped", eshop_id, state, self.name)
+            return
+        try:
+            work(eshop)
+        except (AddonNotInstalled, AddonSuspended, ProcessingPaused) as exc:
+            logger.warning("eshop_id=%s: %s; not retried", eshop_id, exc)
+        except ShoptetAPIError as exc:
+            if not exc.retryable or self.request.retries >= MAX_RETRIES:
+                raise
+            countdown = retry.task_countdown(exc, self.request.retries)
+            logger.info(
+                "eshop_id=%s: %s; retry %s in %.0f s",
+                eshop_id,
+                exc,
+                self.request.retries + 1,
+                countdown,
+            )
+            raise self.retry(
+                exc=exc, countdown=countdown, max_retries=MAX_RETRIES
+            ) from None
 
 
-def _run(task: Task[Any, Any], eshop_id: int, call: Callable[[], T]) -> T | None:
-    """Run `call`; retry transient errors with backoff, stop quietly on permanent ones."""
-    try:
-        return call()
-    except (AddonNotInstalled, AddonSuspended, ProcessingPaused) as exc:
-        logger.warning("eshop_id=%s: %s; not retried", eshop_id, exc)
-        return None
-    except ShoptetAPIError as exc:
-        if not exc.retryable or task.request.retries >= MAX_RETRIES:
-            raise
-        countdown = 2.0**task.request.retries * 5 * (0.5 + random.random())  # noqa: S311 (jitter)
-        if isinstance(exc, ShoptetRateLimited) and exc.retry_after is not None:
-            # Honour Retry-After, within reason: a far date would outlive the broker's visibility timeout.
-            wait = (exc.retry_after - dt.datetime.now(tz=dt.UTC)).total_seconds()
-            countdown = min(max(1.0, wait), MAX_RETRY_COUNTDOWN)
-        logger.info(
-            "eshop_id=%s: %s; retry %s in %.0f s",
-            eshop_id,
-            exc,
-            task.request.retries + 1,
-            countdown,
-        )
-        raise task.retry(
-            exc=exc, countdown=countdown, max_retries=MAX_RETRIES
-        ) from None
-
-
-@shared_task(bind=True, name="shoptet_api.post_install")
-def post_install(self: Task[Any, Any], eshop_id: int) -> None:
+@shared_task(bind=True, base=EshopTask, name="shoptet_api.post_install")
+def post_install(self: EshopTask, eshop_id: int) -> None:
     """After an install commits: first API token, webhook key and registrations, /api/eshop details."""
-    eshop = _active_eshop(eshop_id)
-    if eshop is not None:
-        _run(self, eshop_id, lambda: complete_install(eshop))
+    self.for_eshop(eshop_id, complete_install)
 
 
 @shared_task(name="shoptet_api.complete_pending_installs")
@@ -144,25 +138,26 @@ def renew_expiring_tokens() -> int:
     return scheduled
 
 
-@shared_task(bind=True, name="shoptet_api.renew_api_token")
-def renew_api_token(self: Task[Any, Any], eshop_id: int) -> None:
+@shared_task(bind=True, base=EshopTask, name="shoptet_api.renew_api_token")
+def renew_api_token(self: EshopTask, eshop_id: int) -> None:
     """Renew one e-shop's shared API token ahead of its expiry (single-flight, within the cap)."""
-    eshop = _active_eshop(eshop_id)
-    if eshop is not None:
-        _run(self, eshop_id, lambda: tokens.renew_ahead(eshop))
+    self.for_eshop(eshop_id, tokens.renew_ahead)
 
 
 @shared_task(name="shoptet_api.process_webhook")
 def process_webhook(event_pk: int) -> None:
     """Run the handler of one inbox row; a failure schedules its own retry with backoff."""
     retry_in = webhooks.process_event(event_pk)
-    if retry_in is not None:
+    # A later retry is left to redeliver_webhooks, which reads the row's next_attempt_at: a
+    # countdown past the broker's visibility timeout would be delivered early, and twice.
+    if retry_in is not None and retry_in <= retry.MAX_COUNTDOWN:
         process_webhook.apply_async((event_pk,), countdown=retry_in)
 
 
 @shared_task(name="shoptet_api.redeliver_webhooks")
 def redeliver_webhooks() -> int:
-    """Re-enqueue inbox rows whose task was lost (broker down at receipt, worker crash)."""
+    """Re-enqueue inbox rows whose task was lost (broker down at receipt, worker crash, a retry
+    due later than the longest countdown)."""
     now = timezone.now()
     due = WebhookEvent.objects.filter(
         models.Q(
@@ -173,6 +168,8 @@ def redeliver_webhooks() -> int:
             status=WebhookEvent.Status.FAILED,
             next_attempt_at__lt=now - dt.timedelta(minutes=2),
         )
+        # A worker that died mid-run: its claim's lease has run out.
+        | models.Q(status=WebhookEvent.Status.PROCESSING, claimed_until__lt=now)
     ).values_list("pk", flat=True)[:1000]
     pks = list(due)
     for pk in pks:
@@ -194,12 +191,10 @@ def reconcile_webhooks() -> int:
     return count
 
 
-@shared_task(bind=True, name="shoptet_api.sync_eshop_webhooks")
-def sync_eshop_webhooks(self: Task[Any, Any], eshop_id: int) -> None:
+@shared_task(bind=True, base=EshopTask, name="shoptet_api.sync_eshop_webhooks")
+def sync_eshop_webhooks(self: EshopTask, eshop_id: int) -> None:
     """Repair drift between the registered webhooks and the configured ones for one e-shop."""
-    eshop = _active_eshop(eshop_id)
-    if eshop is not None:
-        _run(self, eshop_id, lambda: _sync(eshop))
+    self.for_eshop(eshop_id, _sync)
 
 
 def _sync(eshop: Eshop) -> None:

@@ -36,6 +36,7 @@ from django.views.decorators.debug import sensitive_variables
 from addon_project import metrics
 from addon_project.encryption import DecryptionError, Secret, decrypt, encrypt
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
+from shoptet_api import verdicts
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -761,21 +762,8 @@ def _mint(eshop: Eshop) -> ApiAccessToken:
         )
     try:
         return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
-    except AddonSuspended as exc:
-        eshop.transition(
-            eshop.Status.SUSPENDED,
-            reason=f"getAccessToken: {exc.error_code}",
-            source="shoptet",
-            same_token=True,
-        )
-        raise
-    except AddonNotInstalled as exc:
-        eshop.transition(
-            eshop.Status.UNINSTALLED,
-            reason=f"getAccessToken: {exc.error_code}",
-            source="shoptet",
-            same_token=True,
-        )
+    except (AddonSuspended, AddonNotInstalled) as exc:
+        verdicts.apply_verdict(eshop, exc)
         raise
     except ShoptetOAuthError as exc:
         # A 401 is ambiguous: a revoked installation, or our own misconfiguration (a wrong
@@ -787,11 +775,9 @@ def _mint(eshop: Eshop) -> ApiAccessToken:
             and _consecutive_failures(eshop.eshop_id) + 1
             >= OAUTH_REJECTIONS_BEFORE_SUSPEND
         ):
-            eshop.transition(
+            eshop.apply_verdict(
                 eshop.Status.SUSPENDED,
                 reason=f"getAccessToken: OAuth token rejected (401) {OAUTH_REJECTIONS_BEFORE_SUSPEND} times in a row",
-                source="shoptet",
-                same_token=True,
             )
         raise
 

@@ -21,7 +21,7 @@ from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, models, transaction
 from django.http import HttpRequest, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -30,8 +30,8 @@ from django.views.decorators.http import require_POST
 from addon_project import logging_context, metrics
 from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
-from eshops.models import Eshop
-from shoptet_api import tokens
+from eshops.models import LIFECYCLE_EVENT_MAX_AHEAD, Eshop
+from shoptet_api import retry, tokens
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -111,41 +111,95 @@ def _refuse(status: int, reason: str, **log_fields: Any) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
 
 
-def _parse(body: bytes) -> dict[str, Any] | str:
-    """The four documented fields, or the reason the body is not a Shoptet webhook."""
+# Shoptet's body is one flat object; anything nested deeper than this is not a webhook. Checked
+# before json.loads, whose recursion a 20,000-deep body would exhaust.
+MAX_JSON_DEPTH = 16
+# A string (to its closing quote, or to the end when unclosed: never rescanned) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]++|\\[\s\S]?)*+(?:"|\Z)|[\[\]{}]')
+# eventCreated must be a plausible instant: PostgreSQL stores a year-1 date with a positive offset
+# as a BC timestamp Python cannot read back (a poison row), and a far-future one would make every
+# later lifecycle event look stale. UTC offsets in use run from -12:00 to +14:00.
+OLDEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
+EVENT_CREATED_MAX_AHEAD = LIFECYCLE_EVENT_MAX_AHEAD
+MAX_UTC_OFFSET = dt.timedelta(hours=14)
+
+
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit` (one linear scan, no recursion)."""
+    depth = 0
+    for match in _JSON_STRING_OR_BRACKET.finditer(text):
+        piece = match.group()
+        if piece in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif piece in "]}":
+            depth -= 1
+    return False
+
+
+def _load(body: bytes) -> dict[str, Any] | str:
+    """The body as a JSON object, or the reason it is not one; safe on any input."""
     try:
         # Strictly UTF-8 (json.loads(bytes) would also guess UTF-16/32), and no NUL anywhere:
         # PostgreSQL text cannot store it.
         text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        return "body is not UTF-8 JSON"
+    if _nesting_exceeds(text, MAX_JSON_DEPTH):
+        return "body is nested too deeply"
+    try:
         payload = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+    except (ValueError, RecursionError):
         return "body is not UTF-8 JSON"
     if "\x00" in text or "\\u0000" in text:
         return "body contains NUL characters"
     if not isinstance(payload, dict):
         return "body is not a JSON object"
-    eshop_id, event = payload.get("eshopId"), payload.get("event")
-    created, instance = payload.get("eventCreated"), payload.get("eventInstance")
+    eshop_id = payload.get("eshopId")
     if isinstance(eshop_id, bool) or not isinstance(eshop_id, int) or eshop_id <= 0:
         return "eshopId is missing or not a positive integer"
+    return payload
+
+
+def _event_created(value: object) -> dt.datetime | str:
+    """eventCreated as an aware datetime inside the sane window, or the reason it is not."""
+    if not isinstance(value, str):
+        return "eventCreated is missing"
+    try:
+        # Shoptet's format, 2019-01-08T15:13:39+0100 (offset without a colon), parses on 3.11.
+        created_at = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return "eventCreated is not a date-time"
+    offset = created_at.utcoffset()
+    if offset is None:
+        return "eventCreated has no UTC offset"
+    if abs(offset) > MAX_UTC_OFFSET or offset % dt.timedelta(minutes=1):
+        return "eventCreated has an impossible UTC offset"
+    try:
+        in_utc = created_at.astimezone(dt.UTC)
+    except OverflowError:
+        return "eventCreated is out of range"
+    if not OLDEST_EVENT <= in_utc <= timezone.now() + EVENT_CREATED_MAX_AHEAD:
+        return "eventCreated is out of range"
+    return created_at
+
+
+def _fields(payload: dict[str, Any]) -> dict[str, Any] | str:
+    """The four documented fields of an authenticated body, or the reason they are not valid."""
+    event, instance = payload.get("event"), payload.get("eventInstance")
     if not isinstance(event, str) or not 0 < len(event) <= 64:
         return "event is missing or invalid"
     if not isinstance(instance, str | int) or isinstance(instance, bool):
         return "eventInstance is missing or invalid"
-    if not isinstance(created, str):
-        return "eventCreated is missing"
-    try:
-        # Shoptet's format, 2019-01-08T15:13:39+0100 (offset without a colon), parses on 3.11.
-        created_at = dt.datetime.fromisoformat(created)
-    except ValueError:
-        return "eventCreated is not a date-time"
-    if created_at.tzinfo is None:
-        return "eventCreated has no UTC offset"
+    created_at = _event_created(payload.get("eventCreated"))
+    if isinstance(created_at, str):
+        return created_at
     return {
-        "eshop_id": eshop_id,
+        "eshop_id": payload["eshopId"],
         "event": event,
         "instance": str(instance),
-        "created": created,
+        "created": payload["eventCreated"],
         "created_at": created_at,
     }
 
@@ -153,7 +207,11 @@ def _parse(body: bytes) -> dict[str, Any] | str:
 @csrf_exempt
 @require_POST
 def receive(request: HttpRequest) -> JsonResponse:
-    """`POST /webhooks/shoptet/`: verify, store, acknowledge. The work happens in Celery."""
+    """`POST /webhooks/shoptet/`: verify, store, acknowledge. The work happens in Celery.
+
+    In order: size, a depth-bounded parse (the signing key is the one of the body's eshopId),
+    the signature over the raw bytes, then the other fields; every refusal is a 4xx.
+    """
     declared = str(request.META.get("CONTENT_LENGTH") or "0")
     if not declared.isdigit():
         metrics.observe_webhook_delivery(None, "bad_request")
@@ -165,26 +223,28 @@ def receive(request: HttpRequest) -> JsonResponse:
     if len(body) > settings.SHOPTET_WEBHOOK_MAX_BODY:
         metrics.observe_webhook_delivery(None, "too_large")
         return _refuse(413, "body too large")
-    parsed = _parse(body)
-    if isinstance(parsed, str):
+    payload = _load(body)
+    if isinstance(payload, str):
         metrics.observe_webhook_delivery(None, "bad_request")
-        return _refuse(400, parsed, source=client_ip(request))
-    logging_context.bind(eshop_id=parsed["eshop_id"])  # as claimed: verified just below
-    eshop = Eshop.objects.filter(eshop_id=parsed["eshop_id"]).first()
+        return _refuse(400, payload, source=client_ip(request))
+    claimed_event = payload.get("event")
+    event_name = claimed_event[:64] if isinstance(claimed_event, str) else None
+    logging_context.bind(eshop_id=payload["eshopId"])  # as claimed: verified just below
+    eshop = Eshop.objects.filter(eshop_id=payload["eshopId"]).first()
     if eshop is None:
-        metrics.observe_webhook_delivery(parsed["event"], "unknown_eshop")
+        metrics.observe_webhook_delivery(event_name, "unknown_eshop")
         return _refuse(
-            404, "unknown eshopId", eshop_id=parsed["eshop_id"], event=parsed["event"]
+            404, "unknown eshopId", eshop_id=payload["eshopId"], event=event_name
         )
 
     signature = request.headers.get(SIGNATURE_HEADER, "")
     verified_by = verify(eshop, body, signature)
-    if parsed["event"].startswith(LIFECYCLE_PREFIX):
+    if event_name is not None and event_name.startswith(LIFECYCLE_PREFIX):
         # Whether Shoptet signs addon:* events, and with which key, is not documented: record what
         # arrives so the policy can be tightened once real deliveries have been seen.
         logger.info(
             "lifecycle webhook %s eshop_id=%s signature=%s verified=%s",
-            parsed["event"],
+            event_name,
             eshop.eshop_id,
             "present" if signature else "absent",
             verified_by or "no",
@@ -198,15 +258,19 @@ def receive(request: HttpRequest) -> JsonResponse:
             verified_by = "network"
     if verified_by is None:
         reason = "signature missing" if not signature.strip() else "signature invalid"
-        metrics.observe_webhook_delivery(parsed["event"], "bad_signature")
+        metrics.observe_webhook_delivery(event_name, "bad_signature")
         return _refuse(
             401,
             reason,
             eshop_id=eshop.eshop_id,
-            event=parsed["event"],
+            event=event_name,
             source=client_ip(request),
         )
 
+    parsed = _fields(payload)
+    if isinstance(parsed, str):
+        metrics.observe_webhook_delivery(event_name, "bad_request")
+        return _refuse(400, parsed, eshop_id=eshop.eshop_id, source=client_ip(request))
     event, created = _store(request, eshop, parsed, body, verified_by)
     metrics.observe_webhook_delivery(
         parsed["event"], "accepted" if created else "duplicate"
@@ -275,99 +339,152 @@ def _enqueue(event_pk: int) -> None:
 
 def retry_delay(attempts: int) -> float:
     """Backoff before attempt `attempts + 1`: 30 s, 2 min, 8 min, 32 min, … capped at 2 h."""
-    return float(min(30 * 4 ** (attempts - 1), 7200))
+    return retry.webhook_delay(attempts)
+
+
+def claim_lease() -> dt.timedelta:
+    """How long a claim lasts: past the task's hard time limit, the worker is surely gone."""
+    return dt.timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 60)
+
+
+def _claimable(now: dt.datetime) -> models.Q:
+    """Rows a worker may claim: new, failed and due, or claimed by a worker whose lease ran out."""
+    return (
+        models.Q(status=WebhookEvent.Status.RECEIVED)
+        | models.Q(status=WebhookEvent.Status.FAILED, next_attempt_at__isnull=True)
+        | models.Q(status=WebhookEvent.Status.FAILED, next_attempt_at__lte=now)
+        | models.Q(status=WebhookEvent.Status.PROCESSING, claimed_until__lt=now)
+    )
+
+
+def _claim(event_pk: int) -> tuple[int, str, int] | None:
+    """Claim one row for this worker: (attempt number, event name, eshop_id), or None.
+
+    One short transaction that counts the attempt up front, so a row that crashes its worker
+    (or cannot even be loaded) still walks towards dead-letter. Reads only plain columns: a row
+    whose other values Python cannot load is still claimed.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        # skip_locked: a row another worker is claiming right now is theirs (PostgreSQL; SQLite
+        # serialises writers instead). of=("self",): never lock the e-shop row.
+        locked = (
+            WebhookEvent.objects.select_for_update(skip_locked=True, of=("self",))
+            .filter(_claimable(now), pk=event_pk)
+            .values_list("pk", flat=True)
+            .first()
+        )
+        if locked is None:
+            return None
+        WebhookEvent.objects.filter(pk=event_pk).update(
+            status=WebhookEvent.Status.PROCESSING,
+            claimed_until=now + claim_lease(),
+            attempts=models.F("attempts") + 1,
+        )
+        attempt, event, eshop_id = (
+            WebhookEvent.objects.filter(pk=event_pk)
+            .values_list("attempts", "event", "eshop__eshop_id")
+            .get()
+        )
+    return attempt, event, eshop_id
+
+
+def _record(event_pk: int, attempt: int, **outcome: Any) -> bool:
+    """Store the outcome if the claim of `attempt` is still ours; False when it was taken over."""
+    with transaction.atomic():
+        return bool(
+            WebhookEvent.objects.filter(
+                pk=event_pk, status=WebhookEvent.Status.PROCESSING, attempts=attempt
+            ).update(claimed_until=None, **outcome)
+        )
+
+
+def _failure(exc: Exception) -> dict[str, Any]:
+    return {"last_error": f"{type(exc).__name__}: {exc}"[:2000]}
+
+
+def _run(event_pk: int) -> tuple[str, dict[str, Any], bool]:
+    """Load the row and run its handler, with no transaction open.
+
+    Returns the status, the fields to store and whether a handler ran.
+    """
+    try:
+        # Loaded here, not in the claim: a value Python cannot read fails this attempt only.
+        event = WebhookEvent.objects.select_related("eshop").get(pk=event_pk)
+    except Exception as exc:  # an unreadable row must still walk towards dead-letter
+        return WebhookEvent.Status.FAILED, _failure(exc), False
+    handler = HANDLERS.get(event.event)
+    if handler is None:
+        return (
+            WebhookEvent.Status.IGNORED,
+            {"result": "no handler for this event"},
+            False,
+        )
+    try:
+        # Handlers call Shoptet (retries, token waits) outside any transaction: each keeps its
+        # own writes short and atomic, and is safe to run again after a crash.
+        result = handler(event)[:255]
+    except (AddonSuspended, AddonNotInstalled, ProcessingPaused) as exc:
+        # The tenant cannot use the API now; retrying would not help.
+        _apply_verdict(event.eshop, exc)
+        return WebhookEvent.Status.IGNORED, {"result": f"skipped: {exc}"[:255]}, True
+    except Exception as exc:  # any handler bug must land in the inbox, not vanish
+        return WebhookEvent.Status.FAILED, _failure(exc), True
+    return WebhookEvent.Status.PROCESSED, {"result": result, "last_error": ""}, True
 
 
 def process_event(event_pk: int) -> float | None:
     """Run the handler of one inbox row; the seconds until its retry, or None when settled.
 
-    The row is locked for the whole run (a second worker skips it) and the handler's writes share
-    its transaction through a savepoint: a failed handler leaves nothing half-done behind.
+    Claim (a short transaction: status "processing", a lease, the attempt counted), run (no
+    transaction open around the handler's HTTP work, no row lock held), record (a short
+    transaction, only if the claim is still ours). A worker that dies mid-run leaves a claim
+    whose lease expires; the redelivery sweep then runs the row again.
     """
-    with transaction.atomic():
-        event = (
-            # of=("self",): lock only the inbox row; locking the joined e-shop too would make
-            # every other event of the shop (and any transition) skip or wait.
-            WebhookEvent.objects.select_for_update(skip_locked=True, of=("self",))
-            .select_related("eshop")
-            .filter(
-                pk=event_pk,
-                status__in=[WebhookEvent.Status.RECEIVED, WebhookEvent.Status.FAILED],
-            )
-            .first()
-        )
-        if event is None:
-            return None  # processed already, dead, or in another worker's hands
-        logging_context.bind(eshop_id=event.eshop.eshop_id)
-        if (
-            event.status == WebhookEvent.Status.FAILED
-            and event.next_attempt_at
-            and event.next_attempt_at > timezone.now()
-        ):
-            # An early duplicate of the retry task: keep the backoff, do not burn an attempt.
-            # The scheduled retry (or the redeliver sweep, if it was lost) will run it.
-            return None
-        event.attempts += 1
-        started = time.perf_counter()
-        handler = HANDLERS.get(event.event)
-        retry_in = None
-        if handler is None:
-            event.status, event.result = (
-                WebhookEvent.Status.IGNORED,
-                "no handler for this event",
+    claimed = _claim(event_pk)
+    if claimed is None:
+        return None  # settled, not yet due, or in another worker's hands
+    attempt, event_name, eshop_id = claimed
+    logging_context.bind(eshop_id=eshop_id)
+    started = time.perf_counter()
+    status, outcome, ran = _run(event_pk)
+    elapsed = time.perf_counter() - started if ran else None
+    retry_in = None
+    now = timezone.now()
+    if status == WebhookEvent.Status.FAILED:
+        if attempt >= settings.SHOPTET_WEBHOOK_MAX_ATTEMPTS:
+            status = WebhookEvent.Status.DEAD
+            logger.error(
+                "webhook id=%s %s dead after %s attempts: %s",
+                event_pk,
+                event_name,
+                attempt,
+                outcome["last_error"],
             )
         else:
-            try:
-                with transaction.atomic():
-                    event.result = handler(event)[:255]
-            except (AddonSuspended, AddonNotInstalled, ProcessingPaused) as exc:
-                # The tenant cannot use the API now; retrying would not help. A status change
-                # the client made went down with the savepoint: make it again out here.
-                _apply_verdict(event.eshop, exc)
-                event.status, event.result = (
-                    WebhookEvent.Status.IGNORED,
-                    f"skipped: {exc}"[:255],
-                )
-            except (
-                Exception
-            ) as exc:  # any handler bug must land in the inbox, not vanish
-                event.last_error = f"{type(exc).__name__}: {exc}"[:2000]
-                if event.attempts >= settings.SHOPTET_WEBHOOK_MAX_ATTEMPTS:
-                    event.status = WebhookEvent.Status.DEAD
-                    logger.error(
-                        "webhook id=%s %s dead after %s attempts: %s",
-                        event.pk,
-                        event.event,
-                        event.attempts,
-                        event.last_error,
-                    )
-                else:
-                    event.status = WebhookEvent.Status.FAILED
-                    retry_in = retry_delay(event.attempts)
-                    event.next_attempt_at = timezone.now() + dt.timedelta(
-                        seconds=retry_in
-                    )
-                    logger.warning(
-                        "webhook id=%s %s failed (attempt %s), retry in %.0f s: %s",
-                        event.pk,
-                        event.event,
-                        event.attempts,
-                        retry_in,
-                        event.last_error,
-                    )
-            else:
-                event.status = WebhookEvent.Status.PROCESSED
-                event.last_error = ""
-        if event.status in (WebhookEvent.Status.PROCESSED, WebhookEvent.Status.IGNORED):
-            event.processed_at = timezone.now()
-            event.next_attempt_at = None
-        event.save()
-        metrics.observe_webhook_processing(
-            event.event,
-            event.status,
-            time.perf_counter() - started if handler else None,
+            retry_in = retry_delay(attempt)
+            outcome["next_attempt_at"] = now + dt.timedelta(seconds=retry_in)
+            logger.warning(
+                "webhook id=%s %s failed (attempt %s), retry in %.0f s: %s",
+                event_pk,
+                event_name,
+                attempt,
+                retry_in,
+                outcome["last_error"],
+            )
+    else:
+        outcome.update(processed_at=now, next_attempt_at=None)
+    if not _record(event_pk, attempt, status=status, **outcome):
+        logger.warning(
+            "webhook id=%s %s: claim of attempt %s was taken over; outcome %s dropped",
+            event_pk,
+            event_name,
+            attempt,
+            status,
         )
-        return retry_in
+        return None
+    metrics.observe_webhook_processing(event_name, status, elapsed)
+    return retry_in
 
 
 def _apply_verdict(eshop: Eshop, exc: ShoptetAPIError) -> None:

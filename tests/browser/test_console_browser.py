@@ -174,7 +174,7 @@ def test_operator_sees_dashboard_tenant_list_and_tenant_page(
     screenshot(page, "console-tenant-page-1366.png")
 
     # A button does what it says, through the audited action.
-    page.click("button[value=suspend_processing]")
+    page.click("button[value=pause_processing]")
     page.wait_for_url(f"{live_server.url}/admin/eshops/eshop/{eshop.pk}/change/")
     assert page.locator(".messagelist").inner_text().endswith("paused")
     assert page.locator("button[value=resume_processing]").count() == 1

@@ -225,20 +225,20 @@ def test_tenant_page_offers_the_actions_that_apply(
     assert buttons(running) == {
         "renew_api_token_now",
         "reregister_webhooks",
-        "suspend_processing",
+        "pause_processing",
     }
     assert buttons(paused) == {
         "renew_api_token_now",
         "reregister_webhooks",
         "resume_processing",
     }
-    assert buttons(gone) == {"suspend_processing", "purge_uninstalled_tenants"}
+    assert buttons(gone) == {"pause_processing", "purge_uninstalled_tenants"}
 
 
 def test_pause_and_resume_buttons_use_the_audited_actions(
     admin_client: Client, eshop: Eshop
 ) -> None:
-    paused = admin_client.post(action_url(eshop, "suspend_processing"))
+    paused = admin_client.post(action_url(eshop, "pause_processing"))
     notes = [str(m) for m in get_messages(paused.wsgi_request)]
     page = admin_client.get(change_url(eshop)).content.decode()
     admin_client.post(action_url(eshop, "resume_processing"))
@@ -292,17 +292,17 @@ def test_purge_button_asks_first_then_purges(
 def test_tenant_actions_need_post_csrf_and_the_actions_permission(
     admin_client: Client, eshop: Eshop
 ) -> None:
-    assert admin_client.get(action_url(eshop, "suspend_processing")).status_code == 405
+    assert admin_client.get(action_url(eshop, "pause_processing")).status_code == 405
     assert admin_client.post(action_url(eshop, "delete_selected")).status_code == 403
     assert admin_client.post(action_url(eshop, "no_such_action")).status_code == 403
     assert (
-        admin_client.post(f"{CHANGELIST}999999/actions/suspend_processing/").status_code
+        admin_client.post(f"{CHANGELIST}999999/actions/pause_processing/").status_code
         == 404
     )
 
     strict = Client(enforce_csrf_checks=True)
     strict.force_login(User.objects.get(username="admin"))
-    assert strict.post(action_url(eshop, "suspend_processing")).status_code == 403
+    assert strict.post(action_url(eshop, "pause_processing")).status_code == 403
 
     viewer = User.objects.create_user("viewer", password="x-long-enough", is_staff=True)
     viewer.user_permissions.add(Permission.objects.get(codename="view_eshop"))
@@ -310,7 +310,7 @@ def test_tenant_actions_need_post_csrf_and_the_actions_permission(
     as_viewer.force_login(viewer)
     page = as_viewer.get(change_url(eshop)).content.decode()
     assert 'name="tenant_action"' not in page
-    assert as_viewer.post(action_url(eshop, "suspend_processing")).status_code == 403
+    assert as_viewer.post(action_url(eshop, "pause_processing")).status_code == 403
 
     assert Eshop.objects.get(pk=eshop.pk).processing_paused_at is None
     assert not OperatorAction.objects.exists()

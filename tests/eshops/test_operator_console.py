@@ -272,7 +272,7 @@ def test_pause_and_resume_are_audited_and_leave_the_lifecycle_alone(
     bystander = eshop_factory()
     username = admin_user.get_username()
 
-    run_action(admin_client, "suspend_processing", [eshop])
+    run_action(admin_client, "pause_processing", [eshop])
     paused = Eshop.objects.get(pk=eshop.pk)
     _, notes = run_action(admin_client, "resume_processing", [eshop])
     resumed = Eshop.objects.get(pk=eshop.pk)
@@ -297,7 +297,7 @@ def test_paused_tenant_makes_no_api_calls_and_its_tasks_skip(
 ) -> None:
     shop = shoptet_settings.add_eshop()
     eshop = install_addon(code=shoptet_settings.issue_install_code(shop.eshop_id))
-    run_action(admin_client, "suspend_processing", [eshop])
+    run_action(admin_client, "pause_processing", [eshop])
     eshop.refresh_from_db()
 
     with pytest.raises(ProcessingPaused, match="paused by operator"):
@@ -317,7 +317,7 @@ def test_shoptet_approval_does_not_undo_an_operator_pause(
     admin_client: Client, eshop_factory: Callable[..., Eshop]
 ) -> None:
     eshop = eshop_factory()
-    run_action(admin_client, "suspend_processing", [eshop])
+    run_action(admin_client, "pause_processing", [eshop])
     eshop.refresh_from_db()
     eshop.transition(
         Eshop.Status.SUSPENDED, reason="webhook addon:suspend", source="webhook"
@@ -335,8 +335,8 @@ def test_pausing_twice_or_resuming_a_running_tenant_changes_nothing_and_says_so(
     running = eshop_factory()
 
     _, resume_notes = run_action(admin_client, "resume_processing", [running])
-    run_action(admin_client, "suspend_processing", [running])
-    _, pause_notes = run_action(admin_client, "suspend_processing", [running])
+    run_action(admin_client, "pause_processing", [running])
+    _, pause_notes = run_action(admin_client, "pause_processing", [running])
 
     assert resume_notes == [f"{running}: no change: already running"]
     assert pause_notes == [f"{running}: no change: already paused"]
@@ -346,7 +346,7 @@ def test_resume_warns_when_shoptet_suspended_the_tenant(
     admin_client: Client, eshop_factory: Callable[..., Eshop]
 ) -> None:
     eshop = eshop_factory()
-    run_action(admin_client, "suspend_processing", [eshop])
+    run_action(admin_client, "pause_processing", [eshop])
     eshop.transition(
         Eshop.Status.SUSPENDED, reason="webhook addon:suspend", source="webhook"
     )
@@ -441,7 +441,7 @@ def test_operator_action_log_is_read_only(
     admin_client: Client, eshop_factory: Callable[..., Eshop]
 ) -> None:
     eshop = eshop_factory()
-    run_action(admin_client, "suspend_processing", [eshop])
+    run_action(admin_client, "pause_processing", [eshop])
     action = OperatorAction.objects.get()
 
     listing = admin_client.get("/admin/eshops/operatoraction/", {"action": "pause"})

@@ -16,7 +16,7 @@ import requests
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from eshops.models import Eshop
 from shoptet_api import limiter, tokens
-from shoptet_api.client import ShoptetClient, retry_wait
+from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     ShoptetMaxTokensReached,
     ShoptetRateLimited,
@@ -24,6 +24,7 @@ from shoptet_api.errors import (
     error_from_response,
 )
 from shoptet_api.oauth import exchange_code
+from shoptet_api.retry import client_wait
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -180,7 +181,7 @@ def test_retry_after_is_measured_against_the_answers_date_not_our_clock() -> Non
     error = error_from_response(response, endpoint="GET /api/eshop")
 
     assert isinstance(error, ShoptetRateLimited)
-    assert 19.0 <= retry_wait(error, attempt=1) <= 20.0 + 0.25
+    assert 19.0 <= client_wait(error, attempt=1) <= 20.0 + 0.25
 
 
 # --- Redis outages ---------------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def api(installed_eshop: Eshop) -> Iterator[ShoptetClient]:
 
 @pytest.fixture
 def sleeps() -> Iterator[mock.MagicMock]:
-    """Record every wait instead of sleeping."""
-    with mock.patch("shoptet_api.client.time.sleep", autospec=True) as sleep:
+    """Record every retry wait instead of sleeping (patched where the client calls it: other
+    modules' sleeps, such as a token wait, are not counted)."""
+    with mock.patch("shoptet_api.retry.sleep", autospec=True) as sleep:
         yield sleep
 
 

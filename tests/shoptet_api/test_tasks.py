@@ -8,11 +8,13 @@ from collections.abc import Callable
 from unittest import mock
 
 import pytest
+from celery.exceptions import Retry
 from django.utils import timezone
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
-from shoptet_api import tasks, tokens
+from shoptet_api import retry, tasks, tokens
+from shoptet_api.errors import ShoptetBadRequest, ShoptetRateLimited
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -143,3 +145,80 @@ def test_install_runs_post_install_through_a_real_worker(
 
     assert eshop.setup_completed_at is not None
     assert eshop.name == shoptet_settings.get_eshop(eshop.eshop_id).name
+
+
+# --- EshopTask: one base class for every per-e-shop task --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "task", [tasks.post_install, tasks.renew_api_token, tasks.sync_eshop_webhooks]
+)
+def test_every_per_eshop_task_is_an_eshop_task(task: object) -> None:
+    assert isinstance(task, tasks.EshopTask)
+
+
+def test_an_eshop_task_skips_a_tenant_that_is_gone_and_says_so(
+    shoptet_settings: ShoptetEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    with mock.patch.object(tokens, "renew_ahead", autospec=True) as work:
+        result = tasks.renew_api_token.apply(args=(987_654,))
+
+    assert result.successful()
+    work.assert_not_called()
+    assert "eshop_id=987654 is gone; shoptet_api.renew_api_token skipped" in caplog.text
+
+
+def test_an_eshop_task_skips_a_paused_tenant(
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[..., Eshop],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    eshop = install()
+    Eshop.objects.filter(pk=eshop.pk).update(processing_paused_at=timezone.now())
+
+    with mock.patch.object(tokens, "renew_ahead", autospec=True) as work:
+        tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+
+    work.assert_not_called()
+    assert f"eshop_id={eshop.eshop_id} is paused" in caplog.text
+
+
+def test_an_eshop_task_does_not_retry_an_error_that_is_not_retryable(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    refused = ShoptetBadRequest("bad", status_code=400)
+
+    with (
+        mock.patch.object(tokens, "renew_ahead", side_effect=refused) as work,
+        mock.patch.object(tasks.renew_api_token, "retry", autospec=True) as retried,
+    ):
+        result = tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+
+    assert result.failed()
+    assert result.result is refused
+    assert work.call_count == 1
+    retried.assert_not_called()
+
+
+def test_an_eshop_task_retries_a_rate_limit_after_its_retry_after_within_the_cap(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    eshop = install()
+    limited = ShoptetRateLimited(
+        "slow down",
+        status_code=429,
+        retry_after=dt.datetime.now(tz=dt.UTC) + dt.timedelta(days=1),
+    )
+
+    with (
+        mock.patch.object(tokens, "renew_ahead", side_effect=limited),
+        mock.patch.object(
+            tasks.renew_api_token, "retry", side_effect=Retry()
+        ) as retried,
+    ):
+        tasks.renew_api_token.apply(args=(eshop.eshop_id,))
+
+    retried.assert_called_once_with(
+        exc=limited, countdown=retry.MAX_COUNTDOWN, max_retries=tasks.MAX_RETRIES
+    )
