@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import datetime
 import logging
+from functools import partial
 
 from django.db import models, transaction
 from django.utils import timezone
 from django.utils.translation import gettext_lazy as _
 
 from addon_project.encryption import EncryptedTextField
+from eshops.signals import tenant_uninstalled
 
 logger = logging.getLogger(__name__)
 
@@ -23,13 +25,24 @@ LIFECYCLE_EVENT_MAX_AHEAD = datetime.timedelta(days=1)
 
 class EshopQuerySet(models.QuerySet["Eshop"]):
     def active(self) -> EshopQuerySet:
+        """Installed and approved (operator pauses aside: see Eshop.api_refusal)."""
         return self.filter(status=Eshop.Status.ACTIVE)
 
     def purge_uninstalled(self, *, before: datetime.datetime) -> int:
-        """Delete tenants uninstalled before `before`, with everything they own; how many."""
-        doomed = self.filter(status=Eshop.Status.UNINSTALLED, uninstalled_at__lt=before)
-        eshop_ids = list(doomed.values_list("eshop_id", flat=True))
-        doomed.delete()
+        """Delete tenants uninstalled before `before`, with everything they own; how many.
+
+        Each row is re-checked under its row lock in the deleting transaction: a reinstall that
+        commits first is no longer uninstalled and stays; one that comes later waits for the
+        delete and installs afresh.
+        """
+        with transaction.atomic():
+            doomed = list(
+                self.select_for_update()
+                .filter(status=Eshop.Status.UNINSTALLED, uninstalled_at__lt=before)
+                .values_list("pk", "eshop_id")
+            )
+            Eshop.objects.filter(pk__in=[pk for pk, _ in doomed]).delete()
+        eshop_ids = [eshop_id for _, eshop_id in doomed]
         if eshop_ids:
             logger.warning(
                 "purged %s uninstalled e-shops: %s",
@@ -231,26 +244,110 @@ class Eshop(models.Model):
         )
 
     @property
+    def api_refusal(self) -> str | None:
+        """Why this tenant may not call the API or run jobs now ("paused", or its status); None
+        when it may. The one rule the client, the tasks, the handlers and the admin apply."""
+        if self.processing_paused_at is not None:
+            return "paused"
+        if self.status != Eshop.Status.ACTIVE:
+            return str(self.status)
+        return None
+
+    @property
     def can_call_api(self) -> bool:
         """Active and not paused by an operator: API calls and jobs may run."""
-        return self.status == Eshop.Status.ACTIVE and self.processing_paused_at is None
+        return self.api_refusal is None
+
+    def apply_verdict(self, to: str, *, reason: str) -> bool:
+        """Apply what Shoptet answered about this installation (suspended, or not installed).
+
+        The answer was about the OAuth token this object holds: when a reinstall has replaced
+        that token since (even one committing while this waits for the row lock), the answer
+        says nothing about the new installation and changes nothing. True when the tenant moved.
+        """
+        if to not in (Eshop.Status.SUSPENDED, Eshop.Status.UNINSTALLED):
+            raise ValueError(
+                f"Shoptet's verdicts are suspended or uninstalled, not {to!r}"
+            )
+        return self.transition(to, reason=reason, source="shoptet", same_token=True)
+
+    def reinstall(
+        self,
+        *,
+        oauth_access_token: str,
+        received_at: datetime.datetime,
+        url: str,
+        contact_email: str,
+        trial: bool | None,
+    ) -> None:
+        """A new install of this shop: active again with the new OAuth token, whatever its status.
+
+        Call it on a row the caller's transaction locked (select_for_update). Of two racing
+        installs the later exchange answer's token wins. Lifecycle ordering starts afresh:
+        events from before this install are stale by `last_installed_at` anyway.
+        """
+        stored_at = self.oauth_token_received_at
+        if stored_at is None or stored_at <= received_at:
+            self.oauth_access_token = oauth_access_token
+            self.oauth_token_received_at = received_at
+        else:
+            # Two installs for one shop raced and the other answer came later: its token is
+            # the one Shoptet issued last, so it stays.
+            logger.warning(
+                "install: eshop_id=%s kept the newer token of a concurrent install",
+                self.eshop_id,
+            )
+        self.record_install(created=False, at=received_at)
+        self.url, self.contact_email, self.trial = url, contact_email, trial
+        self.status = Eshop.Status.ACTIVE
+        self.status_reason = "reinstalled"
+        self.status_changed_at = received_at
+        self.uninstalled_at = None
+        self.lifecycle_event_at = None
+        self.last_installed_at = max(self.last_installed_at, received_at)
+        self.install_count = models.F("install_count") + 1
+        self.save()
+        self.refresh_from_db(fields=["install_count"])
+
+    def pause(self, *, by: str) -> bool:
+        """An operator stops this tenant's API calls and jobs; True when it was running.
+
+        A flag of its own, not the lifecycle status: Shoptet's addon:approve must not undo it.
+        """
+        now = timezone.now()
+        changed = Eshop.objects.filter(
+            pk=self.pk, processing_paused_at__isnull=True
+        ).update(
+            processing_paused_at=now, processing_paused_by=by[:150], updated_at=now
+        )
+        if changed:
+            self.processing_paused_at, self.processing_paused_by = now, by[:150]
+        return bool(changed)
+
+    def resume(self) -> bool:
+        """Undo an operator's pause; True when it was paused. Shoptet's status stays as it is."""
+        changed = Eshop.objects.filter(
+            pk=self.pk, processing_paused_at__isnull=False
+        ).update(
+            processing_paused_at=None,
+            processing_paused_by="",
+            updated_at=timezone.now(),
+        )
+        if changed:
+            self.processing_paused_at, self.processing_paused_by = None, ""
+        return bool(changed)
 
     def forget_secrets(self) -> None:
-        """Drop every credential (on uninstall): the OAuth token, webhook keys, API tokens in Redis."""
+        """Drop every credential (on uninstall): the OAuth token and webhook keys here; after the
+        commit, `tenant_uninstalled` tells the token store to drop the API tokens."""
         self.oauth_access_token = None
         self.webhook_signature_key = None
         self.previous_signature_key = None
         self.webhooks = {}
-        eshop_id = self.eshop_id
-
-        def forget_api_tokens() -> None:
-            from shoptet_api.tokens import (
-                forget_tokens,
-            )  # the seam to Redis; imported late (cycle)
-
-            forget_tokens(eshop_id)
-
-        transaction.on_commit(forget_api_tokens, robust=True)
+        transaction.on_commit(
+            partial(tenant_uninstalled.send, sender=Eshop, eshop_id=self.eshop_id),
+            robust=True,
+        )
 
     def record_install(self, *, created: bool, at: datetime.datetime) -> None:
         """Audit an install or reinstall (a reinstall may revive any status)."""

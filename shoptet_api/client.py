@@ -14,7 +14,7 @@ from django.views.decorators.debug import sensitive_variables
 
 from addon_project import metrics
 from addon_project.logging_context import eshop_scoped
-from shoptet_api import retry
+from shoptet_api import retry, verdicts
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -351,18 +351,18 @@ class ShoptetClient:
                 fields=["status", "processing_paused_at", "processing_paused_by"]
             )
             self._state_checked_at = now
-        if self.eshop.processing_paused_at is not None:
+        refusal = self.eshop.api_refusal
+        if refusal == "paused":
             raise ProcessingPaused(
                 f"e-shop {self.eshop.eshop_id}: API calls paused by operator {self.eshop.processing_paused_by or '?'}"
             )
-        status = self.eshop.status
-        if status == self.eshop.Status.SUSPENDED:
+        if refusal == self.eshop.Status.SUSPENDED:
             raise AddonSuspended(
                 f"e-shop {self.eshop.eshop_id} is suspended; API calls are stopped"
             )
-        if status != self.eshop.Status.ACTIVE:
+        if refusal is not None:
             raise AddonNotInstalled(
-                f"e-shop {self.eshop.eshop_id} is {status}; API calls are stopped"
+                f"e-shop {self.eshop.eshop_id} is {refusal}; API calls are stopped"
             )
 
     @sensitive_variables("token")
@@ -464,9 +464,5 @@ class ShoptetClient:
                 extra={"shoptet_request_id": error.request_id},
             )
             self.eshop.record_missing_right(label)
-        elif isinstance(error, AddonSuspended):
-            self.eshop.transition(
-                self.eshop.Status.SUSPENDED,
-                reason=f"{label}: {error.message}",
-                source="shoptet",
-            )
+        else:
+            verdicts.apply_verdict(self.eshop, error)

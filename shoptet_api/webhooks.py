@@ -31,7 +31,7 @@ from addon_project import logging_context, metrics
 from addon_project.celery import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import LIFECYCLE_EVENT_MAX_AHEAD, Eshop
-from shoptet_api import retry, tokens
+from shoptet_api import retry, tokens, verdicts
 from shoptet_api.errors import (
     AddonNotInstalled,
     AddonSuspended,
@@ -488,21 +488,12 @@ def process_event(event_pk: int) -> float | None:
 
 
 def _apply_verdict(eshop: Eshop, exc: ShoptetAPIError) -> None:
-    """Apply what Shoptet itself said about the installation (local refusals carry no status)."""
-    if exc.status_code is None:
-        return
-    if isinstance(exc, AddonSuspended):
-        eshop.transition(
-            Eshop.Status.SUSPENDED,
-            reason=f"{exc.endpoint}: {exc.error_code}",
-            source="shoptet",
-        )
-    elif isinstance(exc, AddonNotInstalled):
-        eshop.transition(
-            Eshop.Status.UNINSTALLED,
-            reason=f"{exc.endpoint}: {exc.error_code}",
-            source="shoptet",
-        )
+    """Apply what Shoptet itself said about the installation (local refusals carry no status).
+
+    Guarded by the OAuth token the handler's tenant object holds: a reinstall that committed
+    meanwhile replaced it, and the answer says nothing about the new installation.
+    """
+    verdicts.apply_verdict(eshop, exc)
 
 
 def replay(events: Any) -> int:
@@ -530,13 +521,15 @@ IRREVERSIBLE = {Eshop.Status.TERMINATED, Eshop.Status.UNINSTALLED}
 
 
 def _installation_gone(eshop: Eshop) -> bool:
-    """Ask getAccessToken whether the installation still exists (mints one token if it does)."""
+    """Ask getAccessToken whether the installation still exists (mints one token if it does).
+
+    Only its explicit `addon_not_installed` says "gone". A 401 does not: a wrong
+    SHOPTET_OAUTH_URL or client gets one for every shop, and an uninstall cannot be undone.
+    """
     try:
         tokens.renew_if_expiring(eshop, within=float("inf"))
-    except AddonNotInstalled:
-        return True
     except ShoptetOAuthError as exc:
-        return exc.status_code == 401
+        return verdicts.verdict_of(exc) == Eshop.Status.UNINSTALLED
     return False
 
 
@@ -576,7 +569,7 @@ webhook_handler("addon:uninstall")(_lifecycle(Eshop.Status.UNINSTALLED))
 def update_project_domain(event: WebhookEvent) -> str:
     """The e-shop's domain changed: read the new URL from /api/eshop."""
     eshop = event.eshop
-    if eshop.status != Eshop.Status.ACTIVE:
-        return f"skipped: e-shop is {eshop.status}"
+    if eshop.api_refusal is not None:
+        return f"skipped: e-shop is {eshop.api_refusal}"
     refresh_eshop_details(eshop)
     return f"url {eshop.url}"
