@@ -10,15 +10,13 @@ from __future__ import annotations
 
 import functools
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 if TYPE_CHECKING:
     from shoptet_emulator.state import EmulatedEshop
 
-# Order timestamps count back from a fixed moment so pages are stable between calls.
-_ORDERS_EPOCH = datetime(2025, 1, 1, 9, 0, 0, tzinfo=UTC)
 _NAMESPACE = uuid.UUID("6f1c7a52-3b1e-4d4e-9a55-2f7f0c1d9e10")
 
 ESHOP_INCLUDES = frozenset(
@@ -230,42 +228,6 @@ def _include_sections() -> dict[str, tuple[str, Any]]:
             ],
         ),
         "cashdesk": ("cashDesk", {"defaultOrderStatusId": -1}),
-    }
-
-
-def order(shop: EmulatedEshop, index: int) -> dict[str, Any]:
-    """The ``index``-th order (0-based) of an e-shop, newest first, as in the list."""
-    number = shop.order_count - index  # the newest order has the highest code
-    created = _ORDERS_EPOCH + timedelta(minutes=number)
-    code = f"{2025000000 + number}"
-    total = 100 + (number * 37) % 900
-    vat = round(total * 21 / 121, 2)
-    return {
-        "code": code,
-        "guid": str(uuid.uuid5(_NAMESPACE, f"{shop.eshop_id}/{code}")),
-        "creationTime": shoptet_datetime(created),
-        "changeTime": shoptet_datetime(created),
-        "fullName": f"Customer {number}",
-        "company": None,
-        "email": f"customer{number}@example.com",
-        "phone": None,
-        "remark": None,
-        "customerGuid": None,
-        "cashDeskOrder": False,
-        "adminUrl": f"{shop.url.rstrip('/')}/admin/objednavky-detail/?id={number}",
-        "status": {"name": "Vyřizuje se", "id": -1},
-        "source": {"name": "E-shop", "id": -1},
-        "shipping": dict(_SHIPPING),
-        "paymentMethod": dict(_PAYMENT),
-        "price": {
-            "vat": f"{vat:.2f}",
-            "toPay": f"{total:.2f}",
-            "currencyCode": "CZK",
-            "withoutVat": f"{total - vat:.2f}",
-            "withVat": f"{total:.2f}",
-            "exchangeRate": "1.00000000",
-        },
-        "paid": number % 2 == 0,
     }
 
 

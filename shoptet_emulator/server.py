@@ -6,7 +6,11 @@ One process plays three Shoptet hosts, told apart by path:
   ``getAccessToken``),
 * ``api.myshoptet.com``'s ``/api/...`` (envelope, rights, limits, pagination),
 * each customer e-shop's ``/action/OAuthServer/`` for settings-page admin login,
-  served at ``/shop/<eshopId>/action/OAuthServer/`` (see ``data.customer_oauth_url``).
+  served at ``/shop/<eshopId>/action/OAuthServer/`` (see ``data.customer_oauth_url``),
+  and its ``/api-results/`` files (snapshot job results) at
+  ``/shop/<eshopId>/api-results/...``: the e-shop's ``url`` is ``/shop/<eshopId>/``.
+
+Rate limits and the cost model of a request are described on ``EmulatorState``.
 
 ``/_emulator/...`` is a small control API for scripts in another process. This
 module deliberately imports nothing from Django.
@@ -1017,9 +1021,21 @@ class ShoptetEmulator(EmulatorState):
     ) -> Reply:
         """Queue a snapshot job: 202 ``{"jobId"}``; 403 without ``job:finished``.
 
-        Supports the ``orderCodes`` / ``productGuids`` filter (at most 50); other
-        filters are accepted and ignored.
+        Supports the ``orderCodes`` / ``productGuids`` filter (at most 50), and
+        ``changeTimeFrom`` / ``creationTimeFrom``; other filters are ignored.
         """
+        since: dict[str, float | None] = {}
+        for name in ("changeTimeFrom", "creationTimeFrom"):
+            value = request.param(name)
+            since[name] = _parse_from(value) if value else None
+            if value and since[name] is None:
+                return api_error(
+                    400,
+                    "invalid-parameter",
+                    f'Invalid "{name}" parameter: expected a date-time like '
+                    "2017-12-12T22:08:01+0100 (encode the + as %2B).",
+                    name,
+                )
         raw = request.param(filter_name)
         only: list[int] | None = None
         if raw is not None:
@@ -1048,7 +1064,13 @@ class ShoptetEmulator(EmulatorState):
                 "Webhook job:finished must be registered to run asynchronous requests.",
                 "webhook",
             )
-        job = self.start_job(shop.eshop_id, resource, only)
+        job = self.start_job(
+            shop.eshop_id,
+            resource,
+            only,
+            changed_since=since["changeTimeFrom"],
+            created_since=since["creationTimeFrom"],
+        )
         if job.outcome != "never":
             self._schedule(job.job_id, self.job_latency)
         return Reply(202, envelope({"jobId": job.job_id}))
@@ -1235,6 +1257,7 @@ class ShoptetEmulator(EmulatorState):
         * ``GET stats`` -> the counters (no tokens in them).
         * ``POST reset`` -> forget everything.
         * ``POST orders`` ``{"eshopId", "count"}`` -> seed orders.
+        * ``POST products`` ``{"eshopId", "count"}`` -> seed products.
         * ``POST login-code`` ``{"eshopId"}`` -> a settings-page ``#OAUTH_CODE#``.
         * ``POST webhook`` ``{"eshopId", "event", "eventInstance", "url"?}`` ->
           deliver one signed webhook; ``{"status"}`` is the receiver's answer.
@@ -1275,6 +1298,12 @@ class ShoptetEmulator(EmulatorState):
                 200,
                 {"eshopId": eshop_id, "orders": self.get_eshop(eshop_id).order_count},
             )
+        if action == "products":
+            count = body.get("count", 0)
+            if not isinstance(count, int) or count < 0:
+                return Reply(400, {"error": "count must be a non-negative integer"})
+            guids = self.add_products(eshop_id, count)
+            return Reply(200, {"eshopId": eshop_id, "added": len(guids)})
         if action == "login-code":
             code = self.issue_login_code(eshop_id)
             return Reply(200, {"eshopId": eshop_id, "code": code})

@@ -66,10 +66,22 @@ class Job:
     def file_name(self) -> str:
         return f"{self.job_id}-{self.suffix}.json"
 
+    changed_since: float | None = None  # changeTimeFrom, epoch seconds
+    created_since: float | None = None  # creationTimeFrom
+
     def numbers(self) -> Iterator[int]:
+        items = self.items
         if self.only is not None:
-            return (n for n in self.only if self.items.is_live(n))
-        return live_numbers(self.items)
+            # orderCodes / productGuids: "other filters are not applied".
+            return (n for n in self.only if items.is_live(n))
+        numbers = live_numbers(items)
+        if self.changed_since is not None:
+            since = self.changed_since
+            numbers = (n for n in numbers if items.changed(n) >= since)
+        if self.created_since is not None:
+            created = self.created_since
+            numbers = (n for n in numbers if items.created(n) >= created)
+        return numbers
 
 
 def lines(job: Job, shop: Any) -> Iterator[bytes]:

@@ -673,7 +673,13 @@ class EmulatorState:
     # -- snapshot jobs ----------------------------------------------------------
 
     def start_job(
-        self, eshop_id: int, resource: Resource, only: list[int] | None
+        self,
+        eshop_id: int,
+        resource: Resource,
+        only: list[int] | None,
+        *,
+        changed_since: float | None = None,
+        created_since: float | None = None,
     ) -> Job:
         """Queue a snapshot of the shop's ``resource`` (optionally only some items)."""
         with self._lock:
@@ -698,6 +704,8 @@ class EmulatorState:
                 bad_line_at=self.result_bad_line_at,
                 validity=self.result_validity,
                 suffix=random_token(7),
+                changed_since=changed_since,
+                created_since=created_since,
             )
             self._jobs[job_id] = job
             self.stats.snapshot_jobs[eshop_id] += 1

@@ -278,3 +278,19 @@ def test_open_settings_redirects_with_a_fresh_login_code(
         ).status_code
         == 400
     )
+
+
+def test_control_products_seeds_products(emu_client):
+    eshop = emu_client.emu.add_eshop()
+    base = emu_client.emu.base_url + "/_emulator/"
+
+    added = emu_client.http.post(
+        base + "products", json={"eshopId": eshop.eshop_id, "count": 4}, timeout=5
+    )
+    refused = emu_client.http.post(
+        base + "products", json={"eshopId": eshop.eshop_id, "count": -1}, timeout=5
+    )
+
+    assert added.json() == {"eshopId": eshop.eshop_id, "added": 4}
+    assert emu_client.emu.get_eshop(eshop.eshop_id).products.live_count == 4
+    assert refused.status_code == 400

@@ -8,6 +8,7 @@ import hmac
 import json
 import time
 import zlib
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,27 @@ def test_result_files_are_removed_when_they_expire_and_on_reset(
     assert paths[1].exists()
     emu_client.emu.reset()
     assert not paths[1].exists()
+
+
+def test_change_time_from_exports_only_what_changed_since(
+    emu_client, shop, hook_receiver
+):
+    eshop_id, token = shop
+    emu_client.emu.add_orders(eshop_id, 5, history_days=10)  # orders 121..125
+    since = (datetime.now(UTC) - timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S%z")
+    emu_client.emu.edit_order(eshop_id, data.order_code(122), paid=True)
+
+    job_id = _start(emu_client, token, changeTimeFrom=since)
+    job = _wait_done(emu_client, token, job_id, hook_receiver)
+    lines = _lines(emu_client.http.get(job["resultUrl"], timeout=10).content)
+    bad = emu_client.api(
+        "GET", "/api/orders/snapshot", token, params={"changeTimeFrom": "today"}
+    )
+
+    # The 120 orders of the fixture were created now; of the 5 spread over 10 days
+    # only the newest is within the day, and order 122 was edited.
+    codes = {line["code"] for line in lines}
+    assert len(codes) == 122
+    assert {data.order_code(122), data.order_code(125)} <= codes
+    assert data.order_code(121) not in codes
+    assert bad.status_code == 400
