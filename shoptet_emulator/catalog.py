@@ -115,10 +115,14 @@ class Catalog:
         return entry[0] if entry is not None else self.created(number)
 
     def log(self) -> list[tuple[float, int, ChangeType]]:
-        """Every item with its latest change, oldest first (ties by number)."""
+        """Every item with its latest change, oldest first (ties by number).
+
+        A creation never changed since is an ``add`` here; the API shows it as
+        ``edit`` unless ``creation_change_type`` says otherwise.
+        """
         if self._log is None:
             entries: list[tuple[float, int, ChangeType]] = [
-                (batch.created(number), number, "edit")
+                (batch.created(number), number, "add")
                 for batch in self.batches
                 for number in range(batch.first, batch.first + batch.count)
                 if number not in self.changes

@@ -308,6 +308,9 @@ class EmulatorState:
         self.max_connections_per_token = 3
         # Knobs that change orders/products deliver order:* webhooks when registered.
         self.auto_webhooks = True
+        # How /changes shows a creation: "edit" as documented, or "add" (the schema
+        # lists it too; clients must treat both as upserts).
+        self.creation_change_type: Literal["add", "edit"] = "edit"
         # Snapshot jobs (read when a job starts; see snapshots.py).
         self.job_latency = 0.0  # seconds until a job finishes
         self.job_outcome: JobOutcome = "complete"  # or "fail", or "never" (no webhook)
@@ -663,12 +666,18 @@ class EmulatorState:
     ) -> list[tuple[float, int, str]]:
         """Latest change per item at or after ``since``, oldest first."""
         with self._lock:
-            entries = catalog.log_since(since)
+            entries: list[tuple[float, int, str]] = list(catalog.log_since(since))
+            creation = self.creation_change_type
         if change_type is not None:
             # Creation counts as an edit (OpenAPI "/changes").
             wanted = {"edit": {"add", "edit"}, "delete": {"delete"}}[change_type]
             entries = [entry for entry in entries if entry[2] in wanted]
-        return list(entries)
+        if creation != "add":
+            entries = [
+                (moment, number, creation if kind == "add" else kind)
+                for moment, number, kind in entries
+            ]
+        return entries
 
     # -- snapshot jobs ----------------------------------------------------------
 

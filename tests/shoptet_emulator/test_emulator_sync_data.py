@@ -295,3 +295,22 @@ def test_the_stats_count_every_429_per_shop(emu_client):
 
     assert statuses == [200, 429, 429]
     assert emu_client.emu.stats_snapshot()["tooManyRequests"] == {str(eshop_id): 2}
+
+
+def test_a_creation_shows_as_edit_unless_the_knob_says_add(emu_client):
+    eshop_id, token = emu_client.api_token()
+    codes = emu_client.emu.add_orders(eshop_id, 2)
+    emu_client.emu.edit_order(eshop_id, codes[1], paid=True)
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    documented = _changes(emu_client, token, "orders", since).json()["data"]
+    emu_client.emu.creation_change_type = "add"
+    as_add = _changes(emu_client, token, "orders", since).json()["data"]
+    edits = _changes(emu_client, token, "orders", since, changeType="edit")
+
+    assert [c["changeType"] for c in documented["changes"]] == ["edit", "edit"]
+    assert [(c["code"], c["changeType"]) for c in as_add["changes"]] == [
+        (codes[0], "add"),
+        (codes[1], "edit"),
+    ]
+    assert len(edits.json()["data"]["changes"]) == 2
