@@ -284,8 +284,6 @@ WEBHOOK_STATES: dict[str, tuple[StrOrPromise, str]] = {
     WebhookEvent.Status.RECEIVED: (_("Waiting to be processed"), "info"),
     # Claimed by a worker: to the merchant, still not done.
     WebhookEvent.Status.PROCESSING: (_("Waiting to be processed"), "info"),
-    # Claimed by a worker: to the merchant, still not done.
-    WebhookEvent.Status.PROCESSING: (_("Waiting to be processed"), "info"),
     WebhookEvent.Status.PROCESSED: (_("Processed"), "ok"),
     WebhookEvent.Status.IGNORED: (_("Nothing to do"), "neutral"),
     WebhookEvent.Status.FAILED: (_("Failed, will be retried"), "warn"),

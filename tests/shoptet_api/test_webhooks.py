@@ -1478,6 +1478,34 @@ def test_a_retry_due_after_the_longest_countdown_is_left_to_the_sweep(
 # --- Lifecycle ordering (issue #9) -------------------------------------------------------------------
 
 
+def test_a_reinstall_resets_the_lifecycle_ordering(
+    client: Client,
+    installed: Eshop,
+    shoptet_settings: ShoptetEmulator,
+    django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+) -> None:
+    # A suspend dated 2099 was applied before dates were checked: the mark is far ahead.
+    Eshop.objects.filter(pk=installed.pk).update(
+        lifecycle_event_at=dt.datetime(2099, 1, 1, tzinfo=dt.UTC)
+    )
+    reinstalled = install_addon(
+        code=shoptet_settings.issue_install_code(installed.eshop_id)
+    )
+    body, signature = signed(
+        shoptet_settings,
+        reinstalled,
+        "addon:uninstall",
+        at=after_install(reinstalled, 1),
+    )
+
+    with django_capture_on_commit_callbacks(execute=True):
+        post(client, body, signature)
+
+    eshop = Eshop.objects.get(pk=installed.pk)
+    assert eshop.status == Eshop.Status.UNINSTALLED
+    assert eshop.oauth_access_token is None  # the uninstall wiped the secrets
+
+
 def test_the_lifecycle_ordering_never_moves_past_now_plus_the_allowed_skew(
     installed: Eshop,
 ) -> None:
