@@ -48,6 +48,8 @@ SHOPTET_NETWORK_ADDRESS = "185.184.254.17"
 Handler = Callable[[WebhookEvent], str]
 
 ON_POSTGRES = django_settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+# An event no handler is registered for (the sync registers order:* and job:finished).
+UNHANDLED = "credit-note:create"
 
 
 # --- Helpers -------------------------------------------------------------------------------------
@@ -718,7 +720,7 @@ def test_an_event_is_processed_while_its_eshop_is_busy(
 
     register_handler("order:paid", slow)
     other_row = _inbox_row(installed, "order:paid", "slow-one")
-    row = _inbox_row(installed, "order:create", "quick-one")
+    row = _inbox_row(installed, UNHANDLED, "quick-one")
 
     def other_worker() -> None:
         try:
@@ -824,8 +826,8 @@ def test_an_event_without_a_handler_is_ignored(
     shoptet_settings: ShoptetEmulator,
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
 ) -> None:
-    assert "order:create" not in webhooks.HANDLERS
-    body, signature = signed(shoptet_settings, installed, "order:create")
+    assert UNHANDLED not in webhooks.HANDLERS
+    body, signature = signed(shoptet_settings, installed, UNHANDLED)
 
     with django_capture_on_commit_callbacks(execute=True):
         post(client, body, signature)
@@ -1003,8 +1005,9 @@ def test_replay_puts_a_dead_letter_back_and_it_is_processed(
 def test_redeliver_picks_up_events_whose_task_was_lost(
     client: Client, installed: Eshop, shoptet_settings: ShoptetEmulator
 ) -> None:
+    assert UNHANDLED not in webhooks.HANDLERS
     for instance in ("lost", "recent", "failed-overdue", "failed-waiting"):
-        body, signature = signed(shoptet_settings, installed, "order:create", instance)
+        body, signature = signed(shoptet_settings, installed, UNHANDLED, instance)
         post(
             client, body, signature
         )  # on_commit is never run: as if the broker were down
@@ -1065,6 +1068,7 @@ def test_a_webhook_the_emulator_delivers_over_http_is_verified_and_processed(
     live_server: LiveServer, shoptet_settings: ShoptetEmulator, settings: Settings
 ) -> None:
     settings.SHOPTET_WEBHOOK_URL = f"{live_server.url}/webhooks/shoptet/"
+    settings.SYNC_ENABLED = False  # only SHOPTET_WEBHOOK_EVENTS are registered
     shop = shoptet_settings.add_eshop()
     # Committed install: post_install runs after commit (eager) and registers our URL.
     install_addon(code=shoptet_settings.issue_install_code(shop.eshop_id))
