@@ -141,7 +141,7 @@ def _job_finished(emu_client: Any, shop: Shop) -> None:
 def _started_job(emu_client: Any, shop: Shop) -> str:
     _job_finished(emu_client, shop)
     emu_client.emu.job_outcome = "never"
-    return emu_client.emu.start_job(shop.eshop_id, "orders", None).job_id
+    return str(emu_client.emu.start_job(shop.eshop_id, "orders", None).job_id)
 
 
 # A ``from`` inside the 30 days of change history, with a "+" offset.

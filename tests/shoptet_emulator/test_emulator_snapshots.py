@@ -10,8 +10,10 @@ import time
 import zlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+import requests
 
 from shoptet_emulator import data, schemas
 from shoptet_emulator.snapshots import ABSURD_DATE, HUGE_LINE_BYTES
@@ -28,17 +30,23 @@ def shop(emu_client, hook_receiver):
     return eshop_id, token
 
 
-def _start(emu_client, token, resource="orders", **params):
+def _start(emu_client: Any, token: str, resource: str = "orders", **params: Any) -> str:
     response = emu_client.api("GET", f"/api/{resource}/snapshot", token, params=params)
     assert response.status_code == 202, response.text
-    return response.json()["data"]["jobId"]
+    job_id: str = response.json()["data"]["jobId"]
+    return job_id
 
 
-def _job(emu_client, token, job_id):
-    return emu_client.api("GET", f"/api/system/jobs/{job_id}", token)
+def _job(emu_client: Any, token: str, job_id: str) -> requests.Response:
+    response: requests.Response = emu_client.api(
+        "GET", f"/api/system/jobs/{job_id}", token
+    )
+    return response
 
 
-def _wait_done(emu_client, token, job_id, hook_receiver):
+def _wait_done(
+    emu_client: Any, token: str, job_id: str, hook_receiver: Any
+) -> dict[str, Any]:
     """Wait for job:finished (as a client should), then read the job detail."""
     _, received = hook_receiver
     deadline = time.monotonic() + 10
@@ -48,16 +56,17 @@ def _wait_done(emu_client, token, job_id, hook_receiver):
         time.sleep(0.025)
     response = _job(emu_client, token, job_id)
     assert response.status_code == 200, response.text
-    return response.json()["data"]["job"]
+    job: dict[str, Any] = response.json()["data"]["job"]
+    return job
 
 
-def _lines(content: bytes) -> list[dict]:
+def _lines(content: bytes) -> list[dict[str, Any]]:
     if content[:2] == b"\x1f\x8b":
         content = gzip.decompress(content)
     return [json.loads(line) for line in content.splitlines()]
 
 
-def _validate_order(line: dict) -> None:
+def _validate_order(line: dict[str, Any]) -> None:
     body = {"data": {"order": line}, "errors": None, "metadata": {"requestId": "x"}}
     schemas.validate_response(body, path="/api/orders/{code}", method="GET", status=200)
 

@@ -6,9 +6,11 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from urllib.parse import quote
 
 import pytest
+import requests
 
 from shoptet_emulator import data
 
@@ -18,12 +20,15 @@ def _from(moment: datetime) -> str:
     return quote(moment.strftime("%Y-%m-%dT%H:%M:%S%z"), safe="")
 
 
-def _changes(emu_client, token, resource, since, **params):
+def _changes(
+    emu_client: Any, token: str, resource: str, since: datetime, **params: Any
+) -> requests.Response:
     query = "&".join(f"{key}={value}" for key, value in params.items())
     path = f"/api/{resource}/changes?from={_from(since)}" + (
         f"&{query}" if query else ""
     )
-    return emu_client.api("GET", path, token)
+    response: requests.Response = emu_client.api("GET", path, token)
+    return response
 
 
 def test_add_orders_returns_codes_and_100k_orders_seed_at_once(emu_client):
