@@ -63,9 +63,10 @@ MAX_BODY_BYTES = 10 * 1024 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
 ORDERS_PER_PAGE = (50, 50)  # (default, max) for /api/orders, from the spec
 PRODUCTS_PER_PAGE = (20, 1000)
-# /api/orders/changes says "default 20, max 1000"; /api/products/changes "default and
-# max 1000". UNCERTAIN which is right; both use the orders wording here.
-CHANGES_PER_PAGE = (20, 1000)
+# From each endpoint's itemsPerPage: orders "default 20, max 1000", products "default
+# and max 1000".
+ORDER_CHANGES_PER_PAGE = (20, 1000)
+PRODUCT_CHANGES_PER_PAGE = (1000, 1000)
 CHANGES_HISTORY_DAYS = 30
 SNAPSHOT_FILTER_MAX = 50
 # A job's result on the shop's own host: /shop/<eshopId>/api-results/<jobId>-<suffix>.json
@@ -917,7 +918,9 @@ class ShoptetEmulator(EmulatorState):
     def _order_changes(
         self, request: Request, shop: EmulatedEshop, _: dict[str, str]
     ) -> Reply:
-        return self._changes(request, shop.orders, "code", data.order_code)
+        return self._changes(
+            request, shop.orders, "code", data.order_code, ORDER_CHANGES_PER_PAGE
+        )
 
     def _product_changes(
         self, request: Request, shop: EmulatedEshop, _: dict[str, str]
@@ -928,6 +931,7 @@ class ShoptetEmulator(EmulatorState):
             shop.products,
             "guid",
             lambda number: data.product_guid(eshop_id, number),
+            PRODUCT_CHANGES_PER_PAGE,
         )
 
     def _changes(
@@ -936,6 +940,7 @@ class ShoptetEmulator(EmulatorState):
         catalog: Catalog,
         key: str,
         identify: Callable[[int], str],
+        limits: tuple[int, int],
     ) -> Reply:
         """``/changes?from=``: each item's latest change since ``from``, oldest first.
 
@@ -978,7 +983,7 @@ class ShoptetEmulator(EmulatorState):
                 "changeType",
             )
         entries = self.change_log(catalog, since, change_type)
-        page = _paginate(request, len(entries), CHANGES_PER_PAGE)
+        page = _paginate(request, len(entries), limits)
         if isinstance(page, Reply):
             return page
         first, count, paginator = page

@@ -319,3 +319,15 @@ def test_a_creation_shows_as_edit_unless_the_knob_says_add(emu_client):
         (codes[1], "edit"),
     ]
     assert len(edits.json()["data"]["changes"]) == 2
+
+
+def test_product_changes_page_a_thousand_by_default(emu_client):
+    eshop_id, token = emu_client.api_token()
+    emu_client.emu.add_products(eshop_id, 1001)
+    since = datetime.now(UTC) - timedelta(hours=1)
+
+    products = _changes(emu_client, token, "products", since).json()["data"]
+
+    assert products["paginator"]["itemsPerPage"] == 1000
+    assert products["paginator"]["pageCount"] == 2
+    assert len(products["changes"]) == 1000
