@@ -4,6 +4,7 @@ the tenant and Shoptet's requestId where known, nothing secret, nothing printed 
 from __future__ import annotations
 
 import copy
+import datetime as dt
 import hashlib
 import hmac
 import json
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
+from django.utils import timezone
 from django.utils.log import configure_logging
 from pytest_django.fixtures import Settings
 
@@ -100,7 +102,10 @@ def signed_delivery(eshop: Eshop, event: str = EVENT) -> tuple[bytes, str]:
         {
             "eshopId": eshop.eshop_id,
             "event": event,
-            "eventCreated": "2030-01-08T15:13:39+0100",
+            # After the install (an older lifecycle event is stale), inside the accepted window.
+            "eventCreated": (timezone.now() + dt.timedelta(minutes=1)).strftime(
+                "%Y-%m-%dT%H:%M:%S%z"
+            ),
             "eventInstance": "2030000001",
         }
     ).encode()
