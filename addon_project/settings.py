@@ -467,17 +467,25 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
 # possible; order:* refresh single orders).
 SYNC_ENABLED = True
 SYNC_WEBHOOK_EVENTS = ["job:finished", "order:create", "order:update", "order:delete"]
-SYNC_SLICE_SECONDS = 20.0  # one Celery slice works this long, then re-queues at the back
+# One Celery slice works this long, then re-queues at the back.
+SYNC_SLICE_SECONDS = 20.0
 SYNC_SLICE_PAGES = 5  # … or this many pages, whichever comes first
-SYNC_LEASE_SECONDS = 30.0  # a killed run's lock expires after this (renewed every third of it)
+# A killed run's lock expires after this (renewed every third of it).
+SYNC_LEASE_SECONDS = 30.0
 SYNC_CHANGES_OVERLAP_SECONDS = 5.0  # the next /changes `from` reaches back this far
-SYNC_CHANGES_HISTORY_DAYS = 30  # Shoptet's guaranteed /changes history; older checkpoints copy in full
-SYNC_JOB_POLL_DELAYS = [60.0, 180.0, 600.0, 1800.0, 3600.0]  # job-detail polls (Shoptet refuses the 11th)
-SYNC_JOB_TIMEOUT_SECONDS = 3 * 3600 + 600  # Shoptet fails a silent job after 3 h; the sweeper gives up then
-SYNC_DOWNLOAD_MAX_BYTES = 4 * 1024**3  # snapshot result size cap (compressed bytes on the wire)
+# Shoptet's guaranteed /changes history; older checkpoints copy in full.
+SYNC_CHANGES_HISTORY_DAYS = 30
+# Job-detail polls (Shoptet refuses the 11th).
+SYNC_JOB_POLL_DELAYS = [60.0, 180.0, 600.0, 1800.0, 3600.0]
+# Shoptet fails a silent job after 3 h; the sweeper gives up then.
+SYNC_JOB_TIMEOUT_SECONDS = 3 * 3600 + 600
+# Snapshot result size cap (compressed bytes on the wire).
+SYNC_DOWNLOAD_MAX_BYTES = 4 * 1024**3
 SYNC_DOWNLOAD_DEADLINE_SECONDS = 1800.0
-SYNC_MAX_LINE_BYTES = 8 * 1024**2  # one JSONL item larger than this is recorded as an item error
-SYNC_RESULT_HOSTS = ["myshoptet.com", "shoptet.cz"]  # besides the shop's own host (and subdomains)
+# One JSONL item larger than this is recorded as an item error.
+SYNC_MAX_LINE_BYTES = 8 * 1024**2
+# Hosts a snapshot result may come from besides the shop's own (subdomains included).
+SYNC_RESULT_HOSTS = ["myshoptet.com", "shoptet.cz"]
 
 # Logs: one line per event on stderr. LOG_FORMAT=json (the production default) writes one JSON object
 # per line; plain (the DEBUG default) is for people. Both carry our request id, the e-shop id, the

@@ -312,7 +312,9 @@ def test_a_reinstall_after_uninstall_revives_the_same_tenant(
     shoptet_settings: ShoptetEmulator,
     deliver: Callable[..., WebhookEvent],
     django_capture_on_commit_callbacks: DjangoCaptureOnCommitCallbacks,
+    settings: Settings,
 ) -> None:
+    settings.SYNC_ENABLED = False  # only SHOPTET_WEBHOOK_EVENTS are registered
     old_token = installed.oauth_access_token
     old_key = installed.webhook_signature_key
     deliver(installed, "addon:uninstall", ago(30))

@@ -239,6 +239,7 @@ def test_reregister_webhooks_registers_them_at_shoptet(
     eshop_factory: Callable[..., Eshop],
 ) -> None:
     settings.SHOPTET_WEBHOOK_URL = "https://addon.example/webhooks/shoptet/"
+    settings.SYNC_ENABLED = False  # only SHOPTET_WEBHOOK_EVENTS are registered
     eshop = install()
     gone = uninstalled(eshop_factory)
     assert shoptet_settings.webhooks_of(eshop.eshop_id) == []
