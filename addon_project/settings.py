@@ -277,7 +277,7 @@ SHOPTET_CONNECT_TIMEOUT = env.float("SHOPTET_CONNECT_TIMEOUT", default=2.0)
 SHOPTET_READ_TIMEOUT = env.float("SHOPTET_READ_TIMEOUT", default=30.0)
 SHOPTET_INSTALL_READ_TIMEOUT = env.float("SHOPTET_INSTALL_READ_TIMEOUT", default=3.0)
 
-# API access tokens (shoptet_api/tokens.py). Renew when a token has less than
+# API access tokens (shoptet_api/tokens/). Renew when a token has less than
 # min(MARGIN, MARGIN_FRACTION * expires_in) seconds left; at most TOKEN_CAP valid tokens per e-shop
 # (Shoptet allows 5; the default keeps one spare for people debugging by hand).
 SHOPTET_REDIS_PREFIX = env.str("SHOPTET_REDIS_PREFIX", default="shoptet")

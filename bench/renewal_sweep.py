@@ -135,7 +135,7 @@ def prepare(
         )
 
     with (
-        mock.patch.object(tokens, "fetch_api_access_token", direct_mint),
+        mock.patch("shoptet_api.tokens.renewal.fetch_api_access_token", direct_mint),
         ThreadPoolExecutor(max_workers=4) as pool,
     ):
         list(pool.map(tokens.get_api_access_token, shops))
@@ -229,7 +229,7 @@ def sweep(
         )
 
     issued_before = host.counters()["api_tokens_issued"]
-    with mock.patch.object(tokens, "fetch_api_access_token", tracked_fetch):
+    with mock.patch("shoptet_api.tokens.renewal.fetch_api_access_token", tracked_fetch):
         elapsed, outcomes = run_workers(shops, renew, workers=workers)
 
     # Afterwards, from Redis (not process memory): does every shop hold a token Shoptet accepts?

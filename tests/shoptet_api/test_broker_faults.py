@@ -159,7 +159,9 @@ def test_a_host_whose_clock_runs_ahead_does_not_evict_live_tokens_from_the_cap(
     # Two valid tokens exist; a host an hour ahead must still see the cap as full (it may think
     # the stored token expired, but it must not mint a third).
     with (
-        mock.patch("shoptet_api.tokens.time.time", return_value=time.time() + 3600),
+        mock.patch(
+            "shoptet_api.tokens.renewal.time.time", return_value=time.time() + 3600
+        ),
         pytest.raises(ShoptetMaxTokensReached),
     ):
         tokens.renew_if_expiring(eshop, within=10**9)
@@ -210,7 +212,7 @@ def test_a_lock_release_error_does_not_mask_the_real_failure(
         return release
 
     with (
-        mock.patch("shoptet_api.tokens.lua", failing_release),
+        mock.patch("shoptet_api.tokens.renewal.lua", failing_release),
         pytest.raises(ShoptetMaxTokensReached),
     ):
         tokens.get_api_access_token(eshop)
@@ -224,7 +226,10 @@ def test_tokens_minted_while_redis_was_down_count_against_the_cap_once_it_is_bac
 ) -> None:
     eshop = install()
     dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
-    with mock.patch.object(tokens, "get_redis", return_value=dead):
+    with (
+        mock.patch("shoptet_api.tokens.renewal.get_redis", return_value=dead),
+        mock.patch("shoptet_api.tokens.store.get_redis", return_value=dead),
+    ):
         fallback = tokens.get_api_access_token(eshop)
     assert minted(shoptet_settings, eshop) == 1
 

@@ -1,0 +1,350 @@
+"""Renewal: the read path (memory, Redis, renew), single-flight renewal within the cap, and the
+process-local fallback while Redis is unreachable.
+
+- Only one process per e-shop renews at a time (`SET NX PX` lock); the others wait briefly and
+  re-read, they never mint.
+- A Lua script reserves a cap slot before each `getAccessToken` call and refuses once
+  `SHOPTET_TOKEN_CAP` tokens are valid, even if a lock expired under a slow holder.
+- Redis down: each process falls back to a token of its own, minted under a process lock and
+  reused until near expiry, so one process never holds more than one token at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+import redis
+from django.conf import settings
+from django.views.decorators.debug import sensitive_variables
+
+from addon_project import metrics
+from addon_project.encryption import Secret, encrypt
+from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
+from shoptet_api import verdicts
+from shoptet_api.errors import (
+    AddonNotInstalled,
+    AddonSuspended,
+    ShoptetAPIError,
+    ShoptetConnectionError,
+    ShoptetMaxTokensReached,
+    ShoptetOAuthError,
+    ShoptetTimeoutError,
+)
+from shoptet_api.oauth import fetch_api_access_token
+from shoptet_api.tokens import health, store
+from shoptet_api.types import ApiAccessToken
+
+if TYPE_CHECKING:
+    from eshops.models import Eshop
+
+logger = logging.getLogger(__name__)
+
+# getAccessToken 401s in a row before a tenant is suspended (see _mint).
+OAUTH_REJECTIONS_BEFORE_SUSPEND = 3
+# Per-process, per-e-shop locks used only while Redis is unreachable.
+_fallback_locks: dict[int, threading.Lock] = {}
+_fallback_locks_lock = threading.Lock()
+
+
+def get_api_access_token(eshop: Eshop) -> Secret:
+    """A valid API access token for `eshop`, renewing it (single-flight, within the cap) if needed."""
+    now = time.time()
+    cached = store.remembered(eshop.eshop_id)
+    if cached and cached.usable(now):
+        store.note_activity(eshop.eshop_id, now)
+        return cached.token
+    try:
+        r = get_redis()
+        stored = store.read_stored(r, eshop.eshop_id)
+        if store.has_unrecorded():
+            store.record_unrecorded(r, eshop.eshop_id)
+        store.note_activity(eshop.eshop_id, now)
+        if stored and stored.usable(now):
+            store.remember(eshop.eshop_id, stored)
+            return stored.token
+        return _renew_shared(r, eshop).token
+    except redis.RedisError as exc:
+        logger.warning(
+            "token store unavailable (%s); eshop_id=%s uses a process-local token",
+            type(exc).__name__,
+            eshop.eshop_id,
+        )
+        return _renew_local(eshop).token
+
+
+def renew_if_expiring(eshop: Eshop, *, within: float) -> bool:
+    """Renew the shared token if it expires within `within` seconds (proactive renewal, or an
+    operator's "renew now" with a huge `within`). True if a token minted after this call began is
+    now stored; concurrent calls still mint only one."""
+    r = get_redis()
+    started = time.time()
+    stored = store.read_stored(r, eshop.eshop_id)
+    if stored and stored.expires_at - started > within:
+        return False
+    renewed = _renew_shared(r, eshop, need=Need(left=within, since=started))
+    return renewed.expires_at - renewed.lifetime >= started
+
+
+@dataclasses.dataclass(frozen=True)
+class Need:
+    """What a renewal must deliver. Default: a usable token (the request path). With `left`: a
+    token with more than `left` seconds to live, or one minted after `since` (another process
+    renewed it meanwhile, which satisfies a proactive or forced renewal just as well)."""
+
+    left: float | None = None
+    since: float = 0.0
+
+    def met_by(self, stored: store.CachedToken, now: float) -> bool:
+        if self.left is None:
+            return stored.usable(now)
+        return (
+            stored.expires_at - now > self.left
+            or stored.expires_at - stored.lifetime >= self.since
+        )
+
+
+def _renew_shared(
+    r: redis.Redis, eshop: Eshop, *, need: Need = Need()
+) -> store.CachedToken:
+    """Single-flight renewal through Redis. Exactly one process per e-shop calls Shoptet."""
+    eshop_id = eshop.eshop_id
+    owner = uuid.uuid4().hex
+    lock_ttl_ms = int(settings.SHOPTET_TOKEN_LOCK_TTL * 1000)
+    deadline = time.monotonic() + settings.SHOPTET_TOKEN_WAIT_TIMEOUT
+    delay = 0.01
+    while True:
+        if r.set(store.renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
+            try:
+                return _renew_holding_lock(r, eshop, need=need)
+            finally:
+                _release_renew_lock(r, eshop_id, owner)
+        # Another process is minting: wait and re-read, never mint alongside it.
+        time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
+        delay = min(delay * 1.5, 0.1)
+        stored = store.read_stored(r, eshop_id)
+        now = time.time()
+        if stored is not None and need.met_by(stored, now):
+            metrics.observe_token_wait("renewed")
+            store.remember(eshop_id, stored)
+            return stored
+        if time.monotonic() > deadline:
+            if stored and stored.valid(now):
+                # The renewer is slow; an almost-expired token is better than no answer.
+                metrics.observe_token_wait("stale")
+                return stored
+            metrics.observe_token_wait("timeout")
+            raise ShoptetTimeoutError(
+                f"waited {settings.SHOPTET_TOKEN_WAIT_TIMEOUT:g} s for another process to renew the API token",
+                endpoint="GET oauth/getAccessToken",
+            )
+
+
+def _release_renew_lock(r: redis.Redis, eshop_id: int, owner: str) -> None:
+    """Release our renewal lock. A Redis error here is logged, never raised: it must not replace
+    the outcome of the renewal (say a cap refusal) and send the caller to the process fallback.
+    An unreleased lock expires after SHOPTET_TOKEN_LOCK_TTL."""
+    try:
+        lua(RELEASE_LOCK)(keys=[store.renew_lock_key(eshop_id)], args=[owner], client=r)
+    except redis.RedisError as exc:
+        logger.warning(
+            "eshop_id=%s: renewal lock not released (%s); it expires on its own",
+            eshop_id,
+            type(exc).__name__,
+        )
+
+
+@sensitive_variables("minted")
+def _renew_holding_lock(
+    r: redis.Redis, eshop: Eshop, *, need: Need
+) -> store.CachedToken:
+    eshop_id = eshop.eshop_id
+    # Someone may have renewed between our read and our lock (the "already renewed" double-check).
+    stored = store.read_stored(r, eshop_id)
+    now = time.time()
+    if stored is not None and need.met_by(stored, now):
+        store.remember(eshop_id, stored)
+        return stored
+
+    # Reserve a cap slot before asking Shoptet. Until we know the real lifetime, the reservation
+    # lasts as long as the last token did: a crash mid-mint must not free a slot that Shoptet counts.
+    last_lifetime = (
+        stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
+    )
+    oauth_fp = store.oauth_fingerprint(eshop.oauth_access_token)
+    pending = f"{oauth_fp}:pending:{uuid.uuid4().hex}"
+    slot, next_slot_in = lua(store.RESERVE_SLOT)(
+        keys=[store.issued_key(eshop_id)],
+        args=[store.token_cap(), pending, last_lifetime],
+        client=r,
+    )
+    if int(slot) < 0:
+        return _at_cap(eshop_id, stored, now, retry_in=float(next_slot_in))
+
+    started = time.time()
+    try:
+        minted = _mint(eshop)
+    except BaseException as exc:
+        metrics.observe_token_failure(exc)
+        health.note_failure(r, eshop_id, exc)
+        if not minted_nothing(exc):
+            # A lost answer (timeout or dropped connection after the request went out), a time
+            # limit mid-read: Shoptet may have minted a token we never received. Keep the
+            # reservation; it expires with the lifetime.
+            raise
+        # A definite answer (any HTTP status: a refusal, a 503) or a connection never made
+        # minted nothing: free the slot, or a burst of 5xx would lock the shop out for 30 min.
+        with contextlib.suppress(redis.RedisError):
+            r.zrem(store.issued_key(eshop_id), pending)
+        if isinstance(exc, ShoptetMaxTokensReached):
+            # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
+            logger.warning(
+                "eshop_id=%s: Shoptet answered maximum_tokens_reached; reusing the current token",
+                eshop_id,
+            )
+            if stored and stored.valid(time.time()):
+                store.remember(eshop_id, stored)
+                return stored
+        raise
+    metrics.observe_token_mint("request" if need.left is None else "ahead")
+    cached = store.CachedToken(
+        token=minted.access_token,
+        expires_at=started + minted.expires_in,
+        lifetime=float(minted.expires_in),
+        oauth_fp=oauth_fp,
+    )
+    fp = store.fingerprint_of(minted.access_token)
+    try:
+        lua(store.STORE_TOKEN)(
+            keys=[
+                store.token_key(eshop_id),
+                store.issued_key(eshop_id),
+                store.health_key(eshop_id),
+            ],
+            args=[
+                pending,
+                f"{oauth_fp}:{fp}",
+                encrypt(minted.access_token),
+                fp,
+                cached.expires_at,
+                minted.expires_in,
+                oauth_fp,
+                time.time(),
+            ],
+            client=r,
+        )
+    except redis.RedisError as exc:
+        # Redis failed after Shoptet minted: use the token from memory rather than letting the
+        # caller's Redis fallback mint another one, and count it against the cap once Redis is back.
+        logger.warning(
+            "eshop_id=%s: new API token not stored (%s); kept in memory",
+            eshop_id,
+            type(exc).__name__,
+        )
+        store.note_unrecorded(eshop_id, f"{oauth_fp}:{fp}", cached.expires_at)
+    store.remember(eshop_id, cached)
+    logger.info(
+        "eshop_id=%s: new API token fp=%s expires_in=%ss",
+        eshop_id,
+        fp[:8],
+        minted.expires_in,
+    )
+    return cached
+
+
+def _at_cap(
+    eshop_id: int, stored: store.CachedToken | None, now: float, *, retry_in: float
+) -> store.CachedToken:
+    if stored and stored.valid(now):
+        # At the cap: keep using the current token until its very end rather than mint a sixth.
+        metrics.observe_token_cap("kept_current")
+        store.remember(eshop_id, stored)
+        return stored
+    metrics.observe_token_cap("refused")
+    logger.error(
+        "eshop_id=%s: token cap %s reached and no valid token stored; next slot in %.0f s",
+        eshop_id,
+        store.token_cap(),
+        retry_in,
+    )
+    raise ShoptetMaxTokensReached(
+        f"{store.token_cap()} API tokens are valid already; next slot in {retry_in:.0f} s",
+        error_code="maximum_tokens_reached",
+        endpoint="GET oauth/getAccessToken",
+        retry_after=dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=retry_in),
+    )
+
+
+def _renew_local(eshop: Eshop) -> store.CachedToken:
+    """Redis is down: one token per e-shop per process, minted under a process lock."""
+    with _fallback_locks_lock:
+        lock = _fallback_locks.setdefault(eshop.eshop_id, threading.Lock())
+    with lock:
+        cached = store.remembered(eshop.eshop_id)
+        if cached and cached.usable(time.time()):
+            return cached
+        started = time.time()
+        try:
+            minted = _mint(eshop)
+        except BaseException as exc:
+            metrics.observe_token_failure(exc)
+            raise
+        metrics.observe_token_mint("local")
+        oauth_fp = store.oauth_fingerprint(eshop.oauth_access_token)
+        cached = store.CachedToken(
+            token=minted.access_token,
+            expires_at=started + minted.expires_in,
+            lifetime=float(minted.expires_in),
+            oauth_fp=oauth_fp,
+        )
+        store.remember(eshop.eshop_id, cached)
+        member = f"{oauth_fp}:{store.fingerprint_of(minted.access_token)}"
+        store.note_unrecorded(eshop.eshop_id, member, cached.expires_at)
+        return cached
+
+
+def minted_nothing(exc: BaseException) -> bool:
+    """Whether a failed getAccessToken certainly minted no token.
+
+    Any HTTP answer (a refusal, a 429, a 503 with its body) is Shoptet's definite word; so is a
+    connection that was never made. Only an answer that may have been lost after the request went
+    out (a read timeout, a dropped connection, a time limit mid-read) may hide a minted token.
+    """
+    if isinstance(exc, ShoptetConnectionError):
+        return not exc.request_sent
+    return isinstance(exc, ShoptetAPIError) and exc.status_code is not None
+
+
+def _mint(eshop: Eshop) -> ApiAccessToken:
+    """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status."""
+    if not eshop.oauth_access_token:
+        raise AddonNotInstalled(
+            f"e-shop {eshop.eshop_id} has no OAuth token (uninstalled)"
+        )
+    try:
+        return fetch_api_access_token(oauth_token=eshop.oauth_access_token)
+    except (AddonSuspended, AddonNotInstalled) as exc:
+        verdicts.apply_verdict(eshop, exc)
+        raise
+    except ShoptetOAuthError as exc:
+        # A 401 is ambiguous: a revoked installation, or our own misconfiguration (a wrong
+        # SHOPTET_OAUTH_URL would refuse every shop at once). Nothing is wiped for it: after
+        # OAUTH_REJECTIONS_BEFORE_SUSPEND refusals in a row the tenant is suspended (renewals
+        # stop; reversible), and operators see the failures in the console meanwhile.
+        if (
+            exc.status_code == 401
+            and health.consecutive_failures(eshop.eshop_id) + 1
+            >= OAUTH_REJECTIONS_BEFORE_SUSPEND
+        ):
+            eshop.apply_verdict(
+                eshop.Status.SUSPENDED,
+                reason=f"getAccessToken: OAuth token rejected (401) {OAUTH_REJECTIONS_BEFORE_SUSPEND} times in a row",
+            )
+        raise

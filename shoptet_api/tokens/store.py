@@ -1,0 +1,355 @@
+"""The token store: the Redis hash of the current token, the issued set counting tokens against
+Shoptet's cap, and this process's memory of both (including tokens minted while Redis was away).
+
+All keys of one e-shop share the hash tag `{eshop:<id>}`, so each script touches one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+from django.conf import settings
+
+from addon_project.encryption import DecryptionError, Secret, decrypt
+from addon_project.redis_client import get_redis, lua
+
+if TYPE_CHECKING:
+    from eshops.models import Eshop
+
+logger = logging.getLogger(__name__)
+
+# Shoptet's own cap; SHOPTET_TOKEN_CAP may only be lower.
+SHOPTET_MAX_VALID_TOKENS = 5
+
+
+# --- Redis keys: one function per key family -----------------------------------------------------
+
+
+def _prefix() -> str:
+    return str(settings.SHOPTET_REDIS_PREFIX)
+
+
+def token_key(eshop_id: int) -> str:
+    """Hash: the current token (`ct` encrypted, `fp` fingerprint, `exp` epoch seconds)."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:token"
+
+
+def issued_key(eshop_id: int) -> str:
+    """Sorted set of minted tokens (fingerprints or pending reservations) scored by expiry."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:issued"
+
+
+def renew_lock_key(eshop_id: int) -> str:
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:renew-lock"
+
+
+def health_key(eshop_id: int) -> str:
+    """Hash: last renewal time and consecutive renewal failures (operators' token health)."""
+    return f"{_prefix()}:{{eshop:{eshop_id}}}:health"
+
+
+def activity_key() -> str:
+    """Sorted set of e-shop ids scored by their last API use: proactive renewal covers only these."""
+    return f"{_prefix()}:token-activity"
+
+
+# --- Scripts ---------------------------------------------------------------------------------------
+
+# Every script takes "now" from Redis (TIME), never from the caller: a host whose clock runs ahead
+# must not expire other hosts' live entries. Scores are Redis-time expiries. Key lifetimes only grow:
+# a short-lived entry never shortens the life of a set that still holds a long-lived one.
+_REDIS_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+"""
+_EXTEND_TTL = """
+local function extend(key, ms)
+  local ttl = redis.call('PTTL', key)
+  if ttl == -1 or (ttl >= 0 and ttl < ms) then redis.call('PEXPIRE', key, ms) end
+end
+"""
+
+# KEYS[1] issued set; ARGV: cap, member, lifetime (s). Drops expired entries, then adds `member`
+# only while fewer than `cap` valid tokens exist. Returns {count before adding (negated - 1 on
+# refusal), seconds until the earliest entry expires}.
+RESERVE_SLOT = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local count = redis.call('ZCARD', KEYS[1])
+if count >= tonumber(ARGV[1]) then
+  local earliest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  local wait = 0
+  if earliest[2] then wait = math.max(0, tonumber(earliest[2]) - now) end
+  return {-count - 1, tostring(wait)}
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+extend(KEYS[1], math.ceil(tonumber(ARGV[3]) * 1000) + 60000)
+return {count, '0'}
+"""
+)
+
+# KEYS[1] issued set; ARGV: pairs of (member, seconds left). Records tokens minted elsewhere (a
+# pending reservation replaced by its token, or tokens minted while Redis was unreachable).
+RECORD_ISSUED = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+local longest = 0
+for i = 1, #ARGV, 2 do
+  local left = tonumber(ARGV[i + 1])
+  if left > 0 then
+    redis.call('ZADD', KEYS[1], now + left, ARGV[i])
+    longest = math.max(longest, left)
+  end
+end
+if longest > 0 then extend(KEYS[1], math.ceil(longest * 1000) + 60000) end
+return longest
+"""
+)
+
+
+# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash; ARGV: pending reservation, issued
+# member, encrypted token, fingerprint, expiry (the minting host's epoch, for readers), lifetime,
+# OAuth fingerprint, renewal time. Replaces the reservation by the token and stores it, atomically.
+STORE_TOKEN = (
+    _REDIS_NOW
+    + _EXTEND_TTL
+    + """
+local life = tonumber(ARGV[6])
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[2], now + life, ARGV[2])
+extend(KEYS[2], math.ceil(life * 1000) + 60000)
+redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7])
+redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
+redis.call('HSET', KEYS[3], 'renewed_at', ARGV[8], 'failures', 0)
+return 1
+"""
+)
+
+
+# KEYS[1] token hash, KEYS[2] issued set; ARGV[1] fingerprint of the token that failed. The issued
+# member is `<oauth fp>:<token fp>`; whichever install minted it, it is no longer valid.
+INVALIDATE = """
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(member, -string.len(ARGV[1])) == ARGV[1] then redis.call('ZREM', KEYS[2], member) end
+end
+if redis.call('HGET', KEYS[1], 'fp') == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash; ARGV[1] the OAuth fingerprint to
+# keep ('' = keep nothing). Forgets what earlier installations minted, never the current one's.
+FORGET = """
+local keep = ARGV[1]
+if keep == '' then return redis.call('DEL', KEYS[1], KEYS[2], KEYS[3]) end
+local removed = 0
+if redis.call('HGET', KEYS[1], 'ofp') ~= keep then
+  removed = removed + redis.call('DEL', KEYS[1], KEYS[3])
+end
+for _, member in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  if string.sub(member, 1, string.len(keep) + 1) ~= keep .. ':' then
+    removed = removed + redis.call('ZREM', KEYS[2], member)
+  end
+end
+return removed
+"""
+
+
+# --- Policy --------------------------------------------------------------------------------------
+
+
+def renew_margin(expires_in: float) -> float:
+    """Seconds before expiry at which a token counts as "near expiry".
+
+    The smaller of the configured margin and a fraction of the lifetime: 30-minute tokens are
+    renewed SHOPTET_TOKEN_RENEW_MARGIN early, an 8-second test token is still used for ~96 % of its life.
+    """
+    return min(
+        float(settings.SHOPTET_TOKEN_RENEW_MARGIN),
+        float(settings.SHOPTET_TOKEN_RENEW_MARGIN_FRACTION) * expires_in,
+    )
+
+
+def token_cap() -> int:
+    return max(1, min(int(settings.SHOPTET_TOKEN_CAP), SHOPTET_MAX_VALID_TOKENS))
+
+
+def fingerprint_of(token: str) -> str:
+    """A short irreversible id for a token: safe in Redis, logs and comparisons."""
+    return hashlib.sha256(token.encode()).hexdigest()[:20]
+
+
+def oauth_fingerprint(oauth_token: str | None) -> str:
+    """Which installation minted a token: a short fingerprint of the OAuth token it was minted with."""
+    return fingerprint_of(oauth_token)[:12] if oauth_token else "none"
+
+
+@dataclasses.dataclass(frozen=True)
+class CachedToken:
+    token: Secret = dataclasses.field(repr=False)
+    expires_at: float
+    lifetime: float
+    # oauth_fingerprint() of the installation that minted it.
+    oauth_fp: str = ""
+
+    def usable(self, now: float) -> bool:
+        """Valid and not yet near expiry."""
+        return self.expires_at - now > renew_margin(self.lifetime)
+
+    def valid(self, now: float) -> bool:
+        """Still accepted by Shoptet (with a second of slack for the request in flight)."""
+        return self.expires_at - now > 1.0
+
+
+# Process memory: e-shop id → its current token. Saves a Redis round trip per API call.
+_memory: dict[int, CachedToken] = {}
+_memory_lock = threading.Lock()
+# When this process last recorded each e-shop's API activity (epoch seconds).
+_activity_noted: dict[int, float] = {}
+ACTIVITY_NOTE_INTERVAL = 10.0
+# Tokens this process minted that Redis does not know of (minted while it was unreachable, or the
+# store failed): issued-set member → expiry. Recorded at the next contact with Redis, so that the
+# shared cap counts them and other processes do not mint past Shoptet's limit.
+_unrecorded: dict[int, dict[str, float]] = {}
+
+
+def remembered(eshop_id: int) -> CachedToken | None:
+    """This process's copy of the e-shop's token, if any."""
+    with _memory_lock:
+        return _memory.get(eshop_id)
+
+
+def remember(eshop_id: int, cached: CachedToken) -> None:
+    with _memory_lock:
+        _memory[eshop_id] = cached
+
+
+def clear_process_cache() -> None:
+    """Forget every token this process holds in memory (tests, and after a reinstall)."""
+    with _memory_lock:
+        _memory.clear()
+        _activity_noted.clear()
+        _unrecorded.clear()
+
+
+def has_unrecorded() -> bool:
+    """Whether this process holds tokens that the shared issued set does not count yet."""
+    return bool(_unrecorded)
+
+
+def note_unrecorded(eshop_id: int, member: str, expires_at: float) -> None:
+    with _memory_lock:
+        _unrecorded.setdefault(eshop_id, {})[member] = expires_at
+
+
+def record_unrecorded(r: redis.Redis, eshop_id: int) -> None:
+    """Add the tokens this process minted without Redis to the shared issued set (see _unrecorded)."""
+    with _memory_lock:
+        waiting = _unrecorded.pop(eshop_id, None)
+    if not waiting:
+        return
+    now = time.time()
+    args: list[str | float] = []
+    for member, expires_at in waiting.items():
+        args += [member, expires_at - now]
+    try:
+        lua(RECORD_ISSUED)(keys=[issued_key(eshop_id)], args=args, client=r)
+    except redis.RedisError:
+        with _memory_lock:
+            _unrecorded.setdefault(eshop_id, {}).update(waiting)
+        return
+    logger.info(
+        "eshop_id=%s: %s token(s) minted while Redis was unreachable now count against the cap",
+        eshop_id,
+        len(waiting),
+    )
+
+
+def read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
+    fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life", "ofp"])
+    if not fields[0] or not fields[1]:
+        return None
+    try:
+        token = decrypt(
+            fields[0].decode() if isinstance(fields[0], bytes) else str(fields[0])
+        )
+    except DecryptionError:
+        # Encrypted under a key that has since left FIELD_ENCRYPTION_KEYS (rotation): a 30-minute
+        # token is not worth keeping; treat it as missing and renew.
+        logger.warning(
+            "eshop_id=%s: stored API token not decryptable with current keys; renewing",
+            eshop_id,
+        )
+        r.delete(token_key(eshop_id))
+        return None
+    return CachedToken(
+        token=token,
+        expires_at=float(fields[1]),
+        lifetime=float(fields[2] or fields[1]),
+        oauth_fp=fields[3].decode() if isinstance(fields[3], bytes) else "",
+    )
+
+
+def note_activity(eshop_id: int, now: float) -> None:
+    """Record that the e-shop used the API (proactive renewal covers only recently active shops).
+
+    Minute resolution is plenty, so each process writes it at most every ACTIVITY_NOTE_INTERVAL
+    seconds per e-shop, and it never fails a request.
+    """
+    if now - _activity_noted.get(eshop_id, 0.0) < ACTIVITY_NOTE_INTERVAL:
+        return
+    _activity_noted[eshop_id] = now
+    with contextlib.suppress(redis.RedisError):
+        get_redis().zadd(activity_key(), {str(eshop_id): now})
+        if _unrecorded:
+            record_unrecorded(get_redis(), eshop_id)
+
+
+def invalidate_api_token(eshop: Eshop, token: str) -> None:
+    """Drop `token` after Shoptet rejected it, unless another process already replaced it."""
+    fp = fingerprint_of(token)
+    with _memory_lock:
+        cached = _memory.get(eshop.eshop_id)
+        if cached and fingerprint_of(cached.token) == fp:
+            del _memory[eshop.eshop_id]
+    try:
+        r = get_redis()
+        lua(INVALIDATE)(
+            keys=[token_key(eshop.eshop_id), issued_key(eshop.eshop_id)],
+            args=[fp],
+            client=r,
+        )
+    except redis.RedisError as exc:
+        logger.warning(
+            "could not invalidate token in Redis (%s) for eshop_id=%s",
+            type(exc).__name__,
+            eshop.eshop_id,
+        )
+
+
+def forget_tokens(eshop_id: int, *, keep_oauth_fp: str | None = None) -> None:
+    """Remove the stored tokens of an e-shop: all of them (uninstall), or after a reinstall those
+    minted under an earlier OAuth token, so the new installation starts a fresh cap count.
+
+    `keep_oauth_fp` is `oauth_fingerprint()` of the installation's current OAuth token: tokens
+    minted with it stay, even when this runs after a request of the new install has minted one.
+    """
+    keep = keep_oauth_fp or ""
+    with _memory_lock:
+        cached = _memory.get(eshop_id)
+        if cached and (not keep or cached.oauth_fp != keep):
+            del _memory[eshop_id]
+    lua(FORGET)(
+        keys=[token_key(eshop_id), issued_key(eshop_id), health_key(eshop_id)],
+        args=[keep],
+        client=get_redis(),
+    )
