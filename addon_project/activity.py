@@ -20,9 +20,9 @@ from typing import Any
 
 import redis
 from celery.signals import task_postrun
-from django.conf import settings
 
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import activity_hour_key
 
 logger = logging.getLogger(__name__)
 
@@ -54,11 +54,6 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def hour_key(hour: datetime) -> str:
-    """The Redis hash holding one UTC hour's counts."""
-    return f"{settings.SHOPTET_REDIS_PREFIX}:activity:{hour.astimezone(UTC):%Y%m%d%H}"
-
-
 def count(event: str, n: int = 1) -> None:
     """Add `n` to `event` in the current UTC hour. Never raises for Redis trouble."""
     if event not in EVENTS:
@@ -67,7 +62,7 @@ def count(event: str, n: int = 1) -> None:
         raise ValueError(f"activity count must be a non-negative int, not {n!r}")
     if n == 0:
         return
-    key = (hour_key(_utcnow()), event)
+    key = (activity_hour_key(_utcnow()), event)
     with _lock:
         _pending[key] = _pending.get(key, 0) + n
         due = time.monotonic() >= _next_flush
@@ -134,7 +129,7 @@ def hourly(
     fields = list(series)
     pipe = get_redis().pipeline(transaction=False)
     for start in starts:
-        pipe.hmget(hour_key(start), fields)
+        pipe.hmget(activity_hour_key(start), fields)
     for values in pipe.execute():
         for event, value in zip(fields, values, strict=True):
             series[event].append(int(value) if value is not None else 0)

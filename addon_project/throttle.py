@@ -14,7 +14,6 @@ import ipaddress
 import logging
 
 import redis
-from django.conf import settings
 
 from addon_project.redis_client import get_redis, lua
 
@@ -43,10 +42,6 @@ for i, key in ipairs(KEYS) do
 end
 return wait
 """
-
-
-def throttle_key(scope: str, subject: str) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:throttle:{scope}:{subject}"
 
 
 def source_subject(address: str) -> str:

@@ -26,9 +26,10 @@ from django.utils import timezone
 from addon_project import activity
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import health_key, heartbeat_key
 from eshops.charts import Series, hourly_chart
 from eshops.models import Eshop, EshopTransition, OperatorAction
-from eshops.tasks import HEARTBEAT_STALE_AFTER, heartbeat_key
+from eshops.tasks import HEARTBEAT_STALE_AFTER
 from eshops.templatetags.console import format_utc
 from shoptet_api import tokens
 from shoptet_api.models import WebhookEvent
@@ -274,7 +275,7 @@ def tenants_with_token_failures() -> list[TokenTrouble] | None:
         failing = failing[:LIST_LIMIT]
         pipe = get_redis().pipeline(transaction=False)
         for eshop_id, _ in failing:
-            pipe.hmget(tokens.health_key(eshop_id), ["last_error", "last_error_at"])
+            pipe.hmget(health_key(eshop_id), ["last_error", "last_error_at"])
         details = pipe.execute() if failing else []
     except redis.RedisError:
         return None

@@ -10,19 +10,15 @@ from __future__ import annotations
 import time
 
 from celery import shared_task
-from django.conf import settings
 
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import heartbeat_key
 
 HEARTBEAT_INTERVAL = 30.0
 # Older than this (three missed beats) and the dashboard flags beat as stale.
 HEARTBEAT_STALE_AFTER = 3 * HEARTBEAT_INTERVAL
 # Keep the last timestamp for a week: "last seen 2 days ago" says more than "never".
 _TTL_SECONDS = 7 * 86_400
-
-
-def heartbeat_key() -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:beat-heartbeat"
 
 
 @shared_task(name="eshops.beat_heartbeat", ignore_result=True)

@@ -26,7 +26,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 from django_stubs_ext import StrOrPromise
 
-from addon_project import logging_context, throttle
+from addon_project import logging_context, redis_keys, throttle
 from addon_project.client_ip import client_ip
 from eshops.decorators import (
     LANGUAGES,
@@ -179,10 +179,10 @@ def _throttle_login(request: HttpRequest, eshop_id: int) -> int | None:
     source = throttle.source_subject(client_ip(request))
     wait = throttle.hit(
         {
-            throttle.throttle_key("settings-login", source): (
+            redis_keys.throttle_key("settings-login", source): (
                 settings.THROTTLE_SETTINGS_PER_ADDRESS
             ),
-            throttle.throttle_key("settings-login", f"eshop:{eshop_id}"): (
+            redis_keys.throttle_key("settings-login", f"eshop:{eshop_id}"): (
                 settings.THROTTLE_SETTINGS_PER_ESHOP
             ),
         },

@@ -15,7 +15,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_variables
 from django.views.decorators.http import require_GET
 
-from addon_project import logging_context, metrics, throttle
+from addon_project import logging_context, metrics, redis_keys, throttle
 from addon_project.client_ip import client_ip, ip_in_networks
 from oauth.services import install_addon
 from shoptet_api.errors import (
@@ -171,7 +171,7 @@ def _throttle(request: HttpRequest) -> None:
     source = throttle.source_subject(client_ip(request))
     wait = throttle.hit(
         {
-            throttle.throttle_key(
+            redis_keys.throttle_key(
                 "install", source
             ): settings.THROTTLE_INSTALL_PER_ADDRESS
         },

@@ -23,20 +23,13 @@ from django.conf import settings
 
 from addon_project import metrics
 from addon_project.redis_client import get_redis, lua
+from addon_project.redis_keys import bucket_key, leases_key
 from shoptet_api.errors import ShoptetTimeoutError
 
 logger = logging.getLogger(__name__)
 
 # The longest pause bucket pacing imposes on one request.
 MAX_BUCKET_PAUSE = 10.0
-
-
-def leases_key(eshop_id: int) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:leases"
-
-
-def bucket_key(eshop_id: int) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:bucket"
 
 
 # KEYS[1] leases, KEYS[2] bucket; ARGV: limit, lease id, lease seconds.

@@ -12,6 +12,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
+from addon_project.redis_keys import key_renewal_lock_key
 from eshops.models import Eshop
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import ShoptetBadRequest, ShoptetInvalidResponse
@@ -45,10 +46,6 @@ def complete_install(eshop: Eshop) -> None:
             "(another process is renewing it)",
             eshop.eshop_id,
         )
-
-
-def key_renewal_lock_key(eshop_id: int) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:key-renewal"
 
 
 def renew_signature_key_once(eshop: Eshop, *, client: ShoptetClient) -> None:

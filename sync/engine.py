@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import sync_job_finished_key
 from eshops.models import Eshop
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
@@ -80,13 +81,9 @@ class Budget:
         )
 
 
-def job_finished_key(eshop_id: int, job_id: str) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:sync-job-finished:{job_id}"
-
-
 def mark_job_finished(eshop_id: int, job_id: str) -> None:
     """`job:finished` arrived: the next step reads the job detail at once."""
-    get_redis().set(job_finished_key(eshop_id, job_id), "1", ex=86_400)
+    get_redis().set(sync_job_finished_key(eshop_id, job_id), "1", ex=86_400)
 
 
 def state_for(eshop: Eshop, resource: Resource) -> SyncState:
@@ -540,7 +537,9 @@ class Engine:
             if now - cp["started_at"] > settings.SYNC_JOB_TIMEOUT_SECONDS:
                 return self._retry_job("job never finished")
             finished = bool(
-                get_redis().exists(job_finished_key(self.eshop.eshop_id, cp["job_id"]))
+                get_redis().exists(
+                    sync_job_finished_key(self.eshop.eshop_id, cp["job_id"])
+                )
             )
             next_poll = cp.get("next_poll_at")
             if not finished and (next_poll is None or now < next_poll):

@@ -19,6 +19,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
+from addon_project.redis_keys import sync_lease_key
 
 # KEYS[1] the lease; ARGV[1] owner; ARGV[2] ttl ms. Extends it only while we still own it.
 RENEW_LEASE = """
@@ -35,12 +36,8 @@ class LeaseHeld(Exception):
     """Another run holds the lease; the message names it."""
 
 
-def lease_key(eshop_id: int, resource: str) -> str:
-    return f"{settings.SHOPTET_REDIS_PREFIX}:{{eshop:{eshop_id}}}:sync-lease:{resource}"
-
-
 def holder_of(eshop_id: int, resource: str) -> str | None:
-    value = get_redis().get(lease_key(eshop_id, resource))
+    value = get_redis().get(sync_lease_key(eshop_id, resource))
     return _holder(value) if value else None
 
 
@@ -53,7 +50,7 @@ class Lease:
     """`with Lease(eshop_id, "orders", wait=5):` — raises `LeaseHeld` if another run keeps it."""
 
     def __init__(self, eshop_id: int, resource: str, *, wait: float = 0.0) -> None:
-        self.key = lease_key(eshop_id, resource)
+        self.key = sync_lease_key(eshop_id, resource)
         self.wait = wait
         self.ttl_ms = int(settings.SYNC_LEASE_SECONDS * 1000)
         holder = f"{socket.gethostname()} pid {os.getpid()} since {timezone.now():%Y-%m-%d %H:%M:%S} UTC"

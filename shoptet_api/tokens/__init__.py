@@ -23,6 +23,13 @@ Callers import from `shoptet_api.tokens`; tests patch a name in the module that 
 
 from __future__ import annotations
 
+from addon_project.redis_keys import (
+    health_key,
+    issued_key,
+    renew_lock_key,
+    token_activity_key,
+    token_key,
+)
 from shoptet_api.tokens.health import renewal_failures, token_health
 from shoptet_api.tokens.renewal import (
     OAUTH_REJECTIONS_BEFORE_SUSPEND,
@@ -38,25 +45,19 @@ from shoptet_api.tokens.schedule import (
 from shoptet_api.tokens.store import (
     SHOPTET_MAX_VALID_TOKENS,
     CachedToken,
-    activity_key,
     clear_process_cache,
     fingerprint_of,
     forget_tokens,
-    health_key,
     invalidate_api_token,
-    issued_key,
     oauth_fingerprint,
-    renew_lock_key,
     renew_margin,
     token_cap,
-    token_key,
 )
 
 __all__ = [
     "OAUTH_REJECTIONS_BEFORE_SUSPEND",
     "SHOPTET_MAX_VALID_TOKENS",
     "CachedToken",
-    "activity_key",
     "clear_process_cache",
     "fingerprint_of",
     "forget_tokens",
@@ -73,6 +74,7 @@ __all__ = [
     "renew_margin",
     "renewal_due",
     "renewal_failures",
+    "token_activity_key",
     "token_cap",
     "token_health",
     "token_key",

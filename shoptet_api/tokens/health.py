@@ -9,7 +9,8 @@ from typing import Any
 import redis
 
 from addon_project.redis_client import get_redis
-from shoptet_api.tokens.store import health_key, issued_key, token_cap, token_key
+from addon_project.redis_keys import health_key, issued_key, token_key
+from shoptet_api.tokens.store import token_cap
 
 
 def note_failure(r: redis.Redis, eshop_id: int, exc: BaseException) -> None:

@@ -28,6 +28,7 @@ from django.views.decorators.debug import sensitive_variables
 from addon_project import metrics
 from addon_project.encryption import Secret, encrypt
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
+from addon_project.redis_keys import health_key, issued_key, renew_lock_key, token_key
 from shoptet_api import verdicts
 from shoptet_api.errors import (
     AddonNotInstalled,
@@ -121,7 +122,7 @@ def _renew_shared(
     deadline = time.monotonic() + settings.SHOPTET_TOKEN_WAIT_TIMEOUT
     delay = 0.01
     while True:
-        if r.set(store.renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
+        if r.set(renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
             try:
                 return _renew_holding_lock(r, eshop, need=need)
             finally:
@@ -152,7 +153,7 @@ def _release_renew_lock(r: redis.Redis, eshop_id: int, owner: str) -> None:
     the outcome of the renewal (say a cap refusal) and send the caller to the process fallback.
     An unreleased lock expires after SHOPTET_TOKEN_LOCK_TTL."""
     try:
-        lua(RELEASE_LOCK)(keys=[store.renew_lock_key(eshop_id)], args=[owner], client=r)
+        lua(RELEASE_LOCK)(keys=[renew_lock_key(eshop_id)], args=[owner], client=r)
     except redis.RedisError as exc:
         logger.warning(
             "eshop_id=%s: renewal lock not released (%s); it expires on its own",
@@ -181,7 +182,7 @@ def _renew_holding_lock(
     oauth_fp = store.oauth_fingerprint(eshop.oauth_access_token)
     pending = f"{oauth_fp}:pending:{uuid.uuid4().hex}"
     slot, next_slot_in = lua(store.RESERVE_SLOT)(
-        keys=[store.issued_key(eshop_id)],
+        keys=[issued_key(eshop_id)],
         args=[store.token_cap(), pending, last_lifetime],
         client=r,
     )
@@ -202,7 +203,7 @@ def _renew_holding_lock(
         # A definite answer (any HTTP status: a refusal, a 503) or a connection never made
         # minted nothing: free the slot, or a burst of 5xx would lock the shop out for 30 min.
         with contextlib.suppress(redis.RedisError):
-            r.zrem(store.issued_key(eshop_id), pending)
+            r.zrem(issued_key(eshop_id), pending)
         if isinstance(exc, ShoptetMaxTokensReached):
             # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
             logger.warning(
@@ -224,9 +225,9 @@ def _renew_holding_lock(
     try:
         lua(store.STORE_TOKEN)(
             keys=[
-                store.token_key(eshop_id),
-                store.issued_key(eshop_id),
-                store.health_key(eshop_id),
+                token_key(eshop_id),
+                issued_key(eshop_id),
+                health_key(eshop_id),
             ],
             args=[
                 pending,

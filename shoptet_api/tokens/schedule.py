@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from django.conf import settings
 
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import token_activity_key, token_key
 from shoptet_api.tokens import store
 from shoptet_api.tokens.renewal import renew_if_expiring
 
@@ -23,10 +24,10 @@ if TYPE_CHECKING:
 def recently_active_eshop_ids(*, since: float) -> list[int]:
     """E-shops that used the API after the epoch time `since` (proactive renewal covers only these)."""
     r = get_redis()
-    r.zremrangebyscore(store.activity_key(), "-inf", since)
+    r.zremrangebyscore(token_activity_key(), "-inf", since)
     return [
         int(str(member, "ascii") if isinstance(member, bytes) else str(member))
-        for member in r.zrangebyscore(store.activity_key(), since, "+inf")
+        for member in r.zrangebyscore(token_activity_key(), since, "+inf")
     ]
 
 
@@ -42,7 +43,7 @@ def renewal_due(
         return []
     pipe = get_redis().pipeline(transaction=False)
     for eshop_id in eshop_ids:
-        pipe.hmget(store.token_key(eshop_id), ["exp", "life"])
+        pipe.hmget(token_key(eshop_id), ["exp", "life"])
     jitter = float(settings.SHOPTET_TOKEN_RENEW_JITTER)
     due = []
     for eshop_id, (exp, life) in zip(eshop_ids, pipe.execute(), strict=True):

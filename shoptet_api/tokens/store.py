@@ -19,6 +19,12 @@ from django.conf import settings
 
 from addon_project.encryption import DecryptionError, Secret, decrypt
 from addon_project.redis_client import get_redis, lua
+from addon_project.redis_keys import (
+    health_key,
+    issued_key,
+    token_activity_key,
+    token_key,
+)
 
 if TYPE_CHECKING:
     from eshops.models import Eshop
@@ -27,37 +33,6 @@ logger = logging.getLogger(__name__)
 
 # Shoptet's own cap; SHOPTET_TOKEN_CAP may only be lower.
 SHOPTET_MAX_VALID_TOKENS = 5
-
-
-# --- Redis keys: one function per key family -----------------------------------------------------
-
-
-def _prefix() -> str:
-    return str(settings.SHOPTET_REDIS_PREFIX)
-
-
-def token_key(eshop_id: int) -> str:
-    """Hash: the current token (`ct` encrypted, `fp` fingerprint, `exp` epoch seconds)."""
-    return f"{_prefix()}:{{eshop:{eshop_id}}}:token"
-
-
-def issued_key(eshop_id: int) -> str:
-    """Sorted set of minted tokens (fingerprints or pending reservations) scored by expiry."""
-    return f"{_prefix()}:{{eshop:{eshop_id}}}:issued"
-
-
-def renew_lock_key(eshop_id: int) -> str:
-    return f"{_prefix()}:{{eshop:{eshop_id}}}:renew-lock"
-
-
-def health_key(eshop_id: int) -> str:
-    """Hash: last renewal time and consecutive renewal failures (operators' token health)."""
-    return f"{_prefix()}:{{eshop:{eshop_id}}}:health"
-
-
-def activity_key() -> str:
-    """Sorted set of e-shop ids scored by their last API use: proactive renewal covers only these."""
-    return f"{_prefix()}:token-activity"
 
 
 # --- Scripts ---------------------------------------------------------------------------------------
@@ -309,7 +284,7 @@ def note_activity(eshop_id: int, now: float) -> None:
         return
     _activity_noted[eshop_id] = now
     with contextlib.suppress(redis.RedisError):
-        get_redis().zadd(activity_key(), {str(eshop_id): now})
+        get_redis().zadd(token_activity_key(), {str(eshop_id): now})
         if _unrecorded:
             record_unrecorded(get_redis(), eshop_id)
 

@@ -8,7 +8,7 @@ import pytest
 import redis
 from celery.signals import task_postrun
 
-from addon_project import activity
+from addon_project import activity, redis_keys
 from addon_project.redis_client import get_redis
 
 NOW = datetime(2026, 5, 6, 12, 30, tzinfo=UTC)
@@ -50,7 +50,7 @@ def test_flush_writes_hash_with_expiry(buffered: None) -> None:
     activity.count("token_renewals", 4)
     activity.flush()
 
-    key = activity.hour_key(NOW)
+    key = redis_keys.activity_hour_key(NOW)
     r = get_redis()
     assert r.hget(key, "token_renewals") == b"4"
     assert 0 < r.ttl(key) <= activity.RETENTION_HOURS * 3600

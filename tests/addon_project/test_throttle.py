@@ -13,7 +13,7 @@ import pytest
 import redis
 from django.test import Client
 
-from addon_project import throttle
+from addon_project import redis_keys, throttle
 from eshops.models import Eshop
 from oauth.services import install_addon
 from shoptet_api import provisioning
@@ -163,8 +163,8 @@ def test_a_real_settings_login_passes_the_throttle(
 
 
 def test_hit_counts_every_limit_and_waits_for_the_latest_window(settings: Any) -> None:
-    short = throttle.throttle_key("t", "short")
-    long = throttle.throttle_key("t", "long")
+    short = redis_keys.throttle_key("t", "short")
+    long = redis_keys.throttle_key("t", "long")
     limits = {short: (1, 5), long: (1, 50)}
 
     assert throttle.hit(limits, what="test") is None

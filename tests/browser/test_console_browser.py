@@ -12,7 +12,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.utils import timezone
 
-from addon_project import activity
+from addon_project import redis_keys
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from eshops.tasks import beat_heartbeat
@@ -86,7 +86,7 @@ def tenants(
     # 24 hours of activity, as the web and worker processes would have counted it.
     pipe = get_redis().pipeline(transaction=False)
     for back in range(24):
-        key = activity.hour_key(now - dt.timedelta(hours=back))
+        key = redis_keys.activity_hour_key(now - dt.timedelta(hours=back))
         received = 20 + (back * 7) % 15
         pipe.hset(
             key,

@@ -17,9 +17,10 @@ from django.test.utils import CaptureQueriesContext
 from addon_project import activity
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
+from addon_project.redis_keys import heartbeat_key
 from eshops import dashboard
 from eshops.models import Eshop
-from eshops.tasks import HEARTBEAT_STALE_AFTER, beat_heartbeat, heartbeat_key
+from eshops.tasks import HEARTBEAT_STALE_AFTER, beat_heartbeat
 from shoptet_api import tokens
 
 pytestmark = pytest.mark.django_db

@@ -19,10 +19,11 @@ from django.db.models.signals import pre_delete
 from django.utils import timezone
 from pytest_django import DjangoCaptureOnCommitCallbacks
 
+from addon_project import redis_keys
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth.services import install_addon
-from shoptet_api import provisioning, tasks, tokens, webhooks
+from shoptet_api import tasks, tokens, webhooks
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import AddonNotInstalled, AddonSuspended
 from shoptet_api.models import WebhookEvent
@@ -383,7 +384,7 @@ def test_setup_is_not_done_without_a_signature_key_when_another_setup_holds_the_
 ) -> None:
     eshop = install()
     # Another setup took the renewal lock; it will fail (its process dies, Shoptet errs).
-    lock = provisioning.key_renewal_lock_key(eshop.eshop_id)
+    lock = redis_keys.key_renewal_lock_key(eshop.eshop_id)
     get_redis().set(lock, "another-setup", px=60_000)
 
     tasks.post_install(eshop.eshop_id)

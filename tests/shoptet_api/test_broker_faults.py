@@ -13,6 +13,7 @@ import pytest
 import redis
 import requests
 
+from addon_project import redis_keys
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
 from eshops.models import Eshop
 from shoptet_api import limiter, tokens
@@ -103,7 +104,7 @@ def test_a_short_lease_does_not_shrink_the_in_flight_sets_lifetime(
         limiter.request_slot(eshop.eshop_id, deadline=deadline, lease_seconds=60),
         limiter.request_slot(eshop.eshop_id, deadline=deadline, lease_seconds=1),
     ):
-        ttl = r.pttl(limiter.leases_key(eshop.eshop_id))
+        ttl = r.pttl(redis_keys.leases_key(eshop.eshop_id))
 
     # The long request's lease must outlive the short one's: the set lives ≥ 60 s.
     assert ttl > 60_000

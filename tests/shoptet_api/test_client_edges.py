@@ -8,10 +8,10 @@ import time
 
 import pytest
 
+from addon_project import redis_keys
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth import services
-from shoptet_api import limiter
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     ShoptetConnectionError,
@@ -106,7 +106,7 @@ def test_a_patch_is_sent_and_its_answer_returned(
 
 
 def leases_held(eshop: Eshop) -> int:
-    return int(get_redis().zcard(limiter.leases_key(eshop.eshop_id)))
+    return int(get_redis().zcard(redis_keys.leases_key(eshop.eshop_id)))
 
 
 def test_the_lease_is_returned_after_a_successful_request(

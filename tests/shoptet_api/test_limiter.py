@@ -17,6 +17,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from addon_project import redis_keys
 from addon_project.redis_client import get_redis
 from shoptet_api import limiter
 from shoptet_api.errors import ShoptetTimeoutError
@@ -38,7 +39,7 @@ def _limits(settings: Any) -> None:
 
 
 def leases_held(eshop_id: int) -> int:
-    return int(get_redis().zcard(limiter.leases_key(eshop_id)))
+    return int(get_redis().zcard(redis_keys.leases_key(eshop_id)))
 
 
 def soon(seconds: float = 0.2) -> float:
@@ -200,7 +201,7 @@ def test_a_crashed_processs_lease_expires_on_its_own(eshop_id: int) -> None:
     redis_now = seconds + micros / 1e6
     # Two leases whose holders died: their expiry (by Redis's clock) has passed.
     r.zadd(
-        limiter.leases_key(eshop_id),
+        redis_keys.leases_key(eshop_id),
         {"dead-1": redis_now - 1, "dead-2": redis_now - 1},
     )
 
@@ -214,7 +215,7 @@ def test_a_lease_lasts_the_request_plus_the_longest_bucket_pause(
     r = get_redis()
     with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE):
         entries: list[Any] = r.zrange(
-            limiter.leases_key(eshop_id), 0, -1, withscores=True
+            redis_keys.leases_key(eshop_id), 0, -1, withscores=True
         )
         [(_, expires_at)] = entries
         clock: tuple[int, int] = r.time()
@@ -264,18 +265,18 @@ def test_the_answers_bucket_filling_is_stored_on_release(eshop_id: int) -> None:
     with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
         slot.bucket_filling = "120/200"
 
-    stored = get_redis().hgetall(limiter.bucket_key(eshop_id))
+    stored = get_redis().hgetall(redis_keys.bucket_key(eshop_id))
     assert float(stored[b"level"]) == 120.0
     assert float(stored[b"max"]) == 200.0
     assert abs(float(stored[b"at"]) - time.time()) < 60
-    assert 0 < get_redis().ttl(limiter.bucket_key(eshop_id)) <= 120
+    assert 0 < get_redis().ttl(redis_keys.bucket_key(eshop_id)) <= 120
 
 
 def test_a_malformed_bucket_filling_is_not_stored(eshop_id: int) -> None:
     with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
         slot.bucket_filling = "inf/200"
 
-    assert not get_redis().exists(limiter.bucket_key(eshop_id))
+    assert not get_redis().exists(redis_keys.bucket_key(eshop_id))
 
 
 def test_the_next_request_pauses_when_the_stored_bucket_is_nearly_full(
