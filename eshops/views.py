@@ -28,14 +28,14 @@ from django_stubs_ext import StrOrPromise
 
 from addon_project import logging_context, redis_keys, throttle
 from addon_project.client_ip import client_ip
-from eshops.decorators import (
+from eshops.forms import EshopSettingsForm
+from eshops.models import Eshop, EshopSettings, SettingsChange
+from eshops.settings_session import (
     LANGUAGES,
     SettingsRequest,
     SettingsSession,
     settings_session_required,
 )
-from eshops.forms import EshopSettingsForm
-from eshops.models import Eshop, EshopSettings, SettingsChange
 from shoptet_api import oauth, tokens
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import ShoptetAPIError, ShoptetOAuthError

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
 from addon_project import metrics
-from addon_project.celery import in_background
+from addon_project.background import in_background
 from eshops.models import Eshop
 from shoptet_api.oauth import exchange_code
 from shoptet_api.tasks import post_install as post_install_task

@@ -28,7 +28,7 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
 
 from addon_project import logging_context, metrics
-from addon_project.celery import in_background
+from addon_project.background import in_background
 from addon_project.client_ip import client_ip, ip_in_networks
 from eshops.models import LIFECYCLE_EVENT_MAX_AHEAD, Eshop
 from shoptet_api import retry, tokens, verdicts

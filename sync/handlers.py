@@ -12,7 +12,7 @@ from functools import partial
 
 from django.db import transaction
 
-from addon_project.celery import in_background
+from addon_project.background import in_background
 from shoptet_api.models import WebhookEvent
 from shoptet_api.webhooks import webhook_handler
 from sync.engine import mark_job_finished

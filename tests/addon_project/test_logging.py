@@ -27,8 +27,8 @@ from pytest_django.fixtures import Settings
 
 from addon_project import celery as celery_module
 from addon_project import logging_context
+from addon_project.background import in_background
 from addon_project.celery import app as celery_app
-from addon_project.celery import in_background
 from eshops.models import Eshop
 from shoptet_api import webhooks
 from shoptet_api.client import ShoptetClient

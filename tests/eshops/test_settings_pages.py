@@ -21,8 +21,8 @@ from django.core import signing
 from django.test import Client
 from django.utils import timezone
 
-from eshops.decorators import SALT, SettingsSession
 from eshops.models import Eshop, EshopSettings, SettingsChange
+from eshops.settings_session import SALT, SettingsSession
 from eshops.views import content_security_policy
 from oauth.services import install_addon
 from shoptet_api import provisioning, tokens
