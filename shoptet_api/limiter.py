@@ -25,6 +25,7 @@ from addon_project import metrics
 from addon_project.redis_client import get_redis, lua
 from addon_project.redis_keys import bucket_key, leases_key
 from shoptet_api.errors import ShoptetTimeoutError
+from shoptet_api.retry import sleep
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,7 @@ def request_slot(
             logger.info(
                 "eshop_id=%s: bucket nearly full, pausing %.2f s", eshop_id, pause
             )
-            time.sleep(pause)
+            sleep(pause)
         yield slot
     finally:
         with contextlib.suppress(redis.RedisError):
@@ -165,7 +166,7 @@ def _acquire(
                 endpoint="limiter",
                 request_sent=False,
             )
-        time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter)
+        sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter)
         delay = min(delay * 1.5, 0.1)
 
 

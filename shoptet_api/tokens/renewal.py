@@ -40,6 +40,7 @@ from shoptet_api.errors import (
     ShoptetTimeoutError,
 )
 from shoptet_api.oauth import fetch_api_access_token
+from shoptet_api.retry import sleep
 from shoptet_api.tokens import health, store
 from shoptet_api.types import ApiAccessToken
 
@@ -128,7 +129,7 @@ def _renew_shared(
             finally:
                 _release_renew_lock(r, eshop_id, owner)
         # Another process is minting: wait and re-read, never mint alongside it.
-        time.sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
+        sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
         delay = min(delay * 1.5, 0.1)
         stored = store.read_stored(r, eshop_id)
         now = time.time()

@@ -316,6 +316,40 @@ def test_no_pause_when_the_stored_bucket_has_room(
     assert not [r for r in caplog.records if "bucket nearly full" in r.getMessage()]
 
 
+def test_the_bucket_pause_sleeps_through_the_patchable_sleep(eshop_id: int) -> None:
+    # 200 of 200 with the slowdown at 150 and 10 drops/s leaking: a 5 s pause, not slept here.
+    with limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE) as slot:
+        slot.bucket_filling = "200/200"
+
+    with (
+        mock.patch("shoptet_api.limiter.sleep", autospec=True) as slept,
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+    ):
+        pass
+
+    [call] = slept.call_args_list
+    assert 4.0 < float(call.args[0]) <= 5.0
+
+
+def test_waiting_for_a_slot_sleeps_through_the_patchable_sleep(
+    eshop_id: int, settings: Any
+) -> None:
+    settings.SHOPTET_MAX_IN_FLIGHT = 1
+    with (
+        limiter.request_slot(eshop_id, deadline=soon(), lease_seconds=LEASE),
+        mock.patch("shoptet_api.limiter.sleep", autospec=True) as slept,
+        pytest.raises(ShoptetTimeoutError),
+        limiter.request_slot(eshop_id, deadline=soon(0.3), lease_seconds=LEASE),
+    ):
+        pass
+
+    waits = [float(call.args[0]) for call in slept.call_args_list]
+    assert waits
+    assert all(
+        0 < wait <= 0.2 for wait in waits
+    )  # 10 ms growing to 100 ms, plus jitter
+
+
 # --- Redis down: a per-process limit ------------------------------------------------------------
 
 

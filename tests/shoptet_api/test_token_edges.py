@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 
@@ -18,6 +19,7 @@ from shoptet_api.errors import (
     ShoptetConnectionError,
     ShoptetMaxTokensReached,
     ShoptetServerError,
+    ShoptetTimeoutError,
 )
 from shoptet_emulator import ShoptetEmulator
 
@@ -300,3 +302,28 @@ def test_the_renewal_lock_is_released_after_a_forced_renewal(
     assert tokens.renew_if_expiring(eshop, within=10**9) is True
 
     assert not renew_lock_held(eshop)
+
+
+# --- Waits go through the one patchable sleep ----------------------------------------------------
+
+
+def test_waiting_for_another_renewer_sleeps_through_the_patchable_sleep(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop], settings: Any
+) -> None:
+    settings.SHOPTET_TOKEN_WAIT_TIMEOUT = 0.3
+    eshop = install()
+    # Another process holds the lock and never stores a token.
+    get_redis().set(tokens.renew_lock_key(eshop.eshop_id), "someone-else", px=60_000)
+
+    with (
+        mock.patch("shoptet_api.tokens.renewal.sleep", autospec=True) as slept,
+        pytest.raises(ShoptetTimeoutError),
+    ):
+        tokens.get_api_access_token(eshop)
+
+    waits = [float(call.args[0]) for call in slept.call_args_list]
+    assert waits
+    assert all(
+        0 < wait <= 0.2 for wait in waits
+    )  # 10 ms growing to 100 ms, plus jitter
+    assert minted(shoptet_settings, eshop) == 0
