@@ -27,10 +27,16 @@ MAX_ID = 2**63 - 1
 MAX_EXPIRES_IN = 86_400
 # Shoptet's answers nest a few levels; far deeper JSON is hostile (and Python's parser recurses).
 MAX_JSON_DEPTH = 64
+# A string (to its closing quote, or to the end when unclosed: never rescanned) or a bracket.
+_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]++|\\[\s\S]?)*+(?:"|\Z)|[\[\]{}]')
 
 
 class ResponseShapeError(ValueError):
     """A field is missing or has the wrong type; the message names the field, never its value."""
+
+
+class JSONTooDeep(ResponseShapeError):
+    """The JSON nests deeper than its reader allows."""
 
 
 def is_code(value: str) -> bool:
@@ -48,31 +54,39 @@ def parse_id(value: object) -> int | None:
     return value if 0 < value <= MAX_ID else None
 
 
-def load_json(raw: bytes | str) -> Any:
-    """Parse a Shoptet answer; ResponseShapeError if it is not JSON or nests too deep."""
+def load_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse JSON nested at most `max_depth` levels (a Shoptet answer, a webhook body).
+
+    The depth is checked before parsing, by one linear scan that never recurses, so a hostile
+    body costs its length and nothing more. JSONTooDeep if it nests deeper, ResponseShapeError if
+    it is not JSON. Bytes are decoded as `json.loads` would (UTF-8, -16 or -32).
+    """
+    if isinstance(raw, bytes | bytearray):
+        try:
+            raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
+        except UnicodeDecodeError:
+            raise ResponseShapeError("not JSON") from None
+    if _nesting_exceeds(raw, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
     try:
-        value = json.loads(raw)
+        return json.loads(raw)
     except RecursionError:
-        raise ResponseShapeError("JSON nested too deeply") from None
+        raise JSONTooDeep("JSON nested too deeply") from None
     except ValueError:
         raise ResponseShapeError("not JSON") from None
-    if _deeper_than(value, MAX_JSON_DEPTH):
-        raise ResponseShapeError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-    return value
 
 
-def _deeper_than(value: Any, limit: int) -> bool:
-    if not isinstance(value, dict | list):
-        return False
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node
-        if depth > limit:
-            return True
-        stack.extend(
-            (child, depth + 1) for child in children if isinstance(child, dict | list)
-        )
+def _nesting_exceeds(text: str, limit: int) -> bool:
+    """Whether brackets outside strings nest deeper than `limit` (one linear scan, no recursion)."""
+    depth = 0
+    for match in _JSON_STRING_OR_BRACKET.finditer(text):
+        piece = match.group()
+        if piece in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        elif piece in "]}":
+            depth -= 1
     return False
 
 

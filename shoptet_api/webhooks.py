@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import json
 import logging
 import re
 import time
@@ -41,6 +40,7 @@ from shoptet_api.errors import (
 )
 from shoptet_api.models import WebhookEvent
 from shoptet_api.provisioning import refresh_eshop_details
+from shoptet_api.types import JSONTooDeep, ResponseShapeError, load_json
 
 logger = logging.getLogger(__name__)
 
@@ -111,31 +111,15 @@ def _refuse(status: int, reason: str, **log_fields: Any) -> JsonResponse:
     return JsonResponse({"error": reason}, status=status)
 
 
-# Shoptet's body is one flat object; anything nested deeper than this is not a webhook. Checked
-# before json.loads, whose recursion a 20,000-deep body would exhaust.
+# Shoptet's body is one flat object; anything nested deeper than this is not a webhook (checked
+# by load_json before it parses, so a 20,000-deep body costs one scan).
 MAX_JSON_DEPTH = 16
-# A string (to its closing quote, or to the end when unclosed: never rescanned) or a bracket.
-_JSON_STRING_OR_BRACKET = re.compile(r'"(?:[^"\\]++|\\[\s\S]?)*+(?:"|\Z)|[\[\]{}]')
 # eventCreated must be a plausible instant: PostgreSQL stores a year-1 date with a positive offset
 # as a BC timestamp Python cannot read back (a poison row), and a far-future one would make every
 # later lifecycle event look stale. UTC offsets in use run from -12:00 to +14:00.
 OLDEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 EVENT_CREATED_MAX_AHEAD = LIFECYCLE_EVENT_MAX_AHEAD
 MAX_UTC_OFFSET = dt.timedelta(hours=14)
-
-
-def _nesting_exceeds(text: str, limit: int) -> bool:
-    """Whether brackets outside strings nest deeper than `limit` (one linear scan, no recursion)."""
-    depth = 0
-    for match in _JSON_STRING_OR_BRACKET.finditer(text):
-        piece = match.group()
-        if piece in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif piece in "]}":
-            depth -= 1
-    return False
 
 
 def _load(body: bytes) -> dict[str, Any] | str:
@@ -146,11 +130,11 @@ def _load(body: bytes) -> dict[str, Any] | str:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         return "body is not UTF-8 JSON"
-    if _nesting_exceeds(text, MAX_JSON_DEPTH):
-        return "body is nested too deeply"
     try:
-        payload = json.loads(text)
-    except (ValueError, RecursionError):
+        payload = load_json(text, max_depth=MAX_JSON_DEPTH)
+    except JSONTooDeep:
+        return "body is nested too deeply"
+    except ResponseShapeError:
         return "body is not UTF-8 JSON"
     if "\x00" in text or "\\u0000" in text:
         return "body contains NUL characters"

@@ -15,7 +15,13 @@ import requests
 
 from shoptet_api import transport
 from shoptet_api.errors import ShoptetInvalidResponse, ShoptetTimeoutError
-from shoptet_api.types import MAX_JSON_DEPTH, ResponseShapeError, load_json, parse_id
+from shoptet_api.types import (
+    MAX_JSON_DEPTH,
+    JSONTooDeep,
+    ResponseShapeError,
+    load_json,
+    parse_id,
+)
 
 Serve = Callable[[socket.socket], None]
 
@@ -170,6 +176,26 @@ def test_load_json_refuses_deep_nesting_whatever_python_could_parse() -> None:
             load_json(body)
     with pytest.raises(ResponseShapeError, match="not JSON"):
         load_json(b"<html>")
+
+
+def test_load_json_takes_the_depth_its_caller_allows() -> None:
+    assert load_json("[[1]]", max_depth=2) == [[1]]
+    with pytest.raises(JSONTooDeep, match="deeper than 1 levels"):
+        load_json("[[1]]", max_depth=1)
+    # Brackets inside strings, escaped quotes included, are not nesting.
+    assert load_json('{"a": "[[[[{{{{"}', max_depth=1) == {"a": "[[[[{{{{"}
+    assert load_json(r'["\"[[[", "]]]"]', max_depth=1) == ['"[[[', "]]]"]
+
+
+def test_load_json_refuses_depth_before_parsing_and_decodes_bytes_as_json_does() -> (
+    None
+):
+    # Too deep and not JSON: the depth is what is reported (it is checked first).
+    with pytest.raises(JSONTooDeep):
+        load_json("[" * (MAX_JSON_DEPTH + 1) + "not json")
+    assert load_json('{"a": 1}'.encode("utf-16")) == {"a": 1}
+    with pytest.raises(ResponseShapeError, match="not JSON"):
+        load_json(b"\xff\xfe\x00")
 
 
 @pytest.mark.parametrize(

@@ -35,6 +35,7 @@ from oauth.services import install_addon
 from shoptet_api import provisioning, tasks, tokens, webhooks
 from shoptet_api.client import ShoptetClient
 from shoptet_api.models import WebhookEvent
+from shoptet_api.types import MAX_JSON_DEPTH, load_json
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -1294,6 +1295,29 @@ def test_deeply_nested_json_is_refused_with_400(
     response = post(Client(raise_request_exception=False), body, signature)
 
     assert response.status_code == 400
+    assert WebhookEvent.objects.count() == 0
+
+
+def test_the_receiver_parses_with_the_shared_depth_limited_parser_at_its_own_limit(
+    installed: Eshop,
+) -> None:
+    # One level deeper than a webhook may nest, but far from what the API client allows.
+    deep = "[" * webhooks.MAX_JSON_DEPTH + "]" * webhooks.MAX_JSON_DEPTH
+    body = json.dumps({**payload(installed.eshop_id), "x": "@"}).encode()
+    body = body.replace(b'"@"', deep.encode())
+    assert installed.webhook_signature_key is not None
+
+    with mock.patch.object(
+        webhooks, "load_json", autospec=True, side_effect=load_json
+    ) as parse:
+        response = post(Client(), body, sign(body, installed.webhook_signature_key))
+
+    assert response.status_code == 400
+    assert response.json() == {"error": "body is nested too deeply"}
+    assert parse.call_args.kwargs == {"max_depth": webhooks.MAX_JSON_DEPTH}
+    assert (
+        webhooks.MAX_JSON_DEPTH < MAX_JSON_DEPTH
+    )  # the client's own limit would accept it
     assert WebhookEvent.objects.count() == 0
 
 
