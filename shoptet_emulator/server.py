@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -1634,6 +1635,9 @@ class _Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s -> %s", self.command, parts.path, reply.status)
 
     def _send(self, reply: Reply) -> None:
+        if reply.stream is not None and reply.trickle > 0:
+            self._send_trickling(reply, b"", reply.stream)
+            return
         if reply.stream is not None:
             self._send_stream(reply, reply.stream)
             return
@@ -1676,20 +1680,32 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             logger.debug("streamed answer ended by the client")
 
-    def _send_trickling(self, reply: Reply, payload: bytes) -> None:
-        """The whole answer, one byte at a time, until it is sent or the client hangs up."""
+    def _send_trickling(
+        self, reply: Reply, payload: bytes, stream: Iterator[bytes] | None = None
+    ) -> None:
+        """The whole answer, one byte at a time, until it is sent or the client hangs up.
+
+        A streamed answer (a snapshot result) keeps its own Content-Length, if it has one;
+        without one, the body ends when the connection closes."""
         self.close_connection = True
         head = [f"HTTP/1.1 {reply.status} {self.responses.get(reply.status, ('',))[0]}"]
         head.append(f"Content-Type: {reply.content_type}")
-        head.append(f"Content-Length: {len(payload)}")
+        if stream is None:
+            head.append(f"Content-Length: {len(payload)}")
         head.extend(f"{name}: {value}" for name, value in reply.headers.items())
-        raw = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload
+        pieces = itertools.chain(
+            [("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + payload],
+            stream or (),
+        )
+        first = True
         try:
-            for index in range(len(raw)):
-                if index:
-                    time.sleep(reply.trickle)
-                self.wfile.write(raw[index : index + 1])
-                self.wfile.flush()
+            for piece in pieces:
+                for index in range(len(piece)):
+                    if not first:
+                        time.sleep(reply.trickle)
+                    first = False
+                    self.wfile.write(piece[index : index + 1])
+                    self.wfile.flush()
         except OSError:
             logger.debug("trickled answer ended by the client")
 

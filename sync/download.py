@@ -8,7 +8,6 @@ line longer than SYNC_MAX_LINE_BYTES is skipped (and reported) without being hel
 
 from __future__ import annotations
 
-import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -16,16 +15,24 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+import urllib3.exceptions
 from django.conf import settings
 
-from shoptet_api.transport import USER_AGENT
+from shoptet_api import transport
 
 GZIP_MAGIC = b"\x1f\x8b"
 CHUNK = 64 * 1024
 
 
 class DownloadError(Exception):
-    """The result cannot be fetched (refused URL, HTTP error, too large, too slow)."""
+    """The result cannot be fetched (refused URL, HTTP error, too large, too slow).
+
+    `gone`: the result no longer exists (404/410: expired); the job must be started again.
+    """
+
+    def __init__(self, message: str, *, gone: bool = False) -> None:
+        super().__init__(message)
+        self.gone = gone
 
 
 @dataclass
@@ -72,59 +79,72 @@ def stream_lines(
     deadline_seconds: float | None = None,
     max_line: int | None = None,
 ) -> Iterator[Line]:
-    """Yield the result's lines one by one (gzip detected by its magic bytes, not by headers)."""
+    """Yield the result's lines one by one (gzip detected by its magic bytes, not by headers).
+
+    The whole download — connecting, the status line and headers, every byte of the body — ends
+    by one wall-clock deadline: the transport's watchdog shuts the socket down when it passes, so
+    a server that trickles one byte a second (never tripping a read timeout) is cut off too.
+    """
     check_result_url(url, shop_url)
     max_bytes = max_bytes or settings.SYNC_DOWNLOAD_MAX_BYTES
     max_line = max_line or settings.SYNC_MAX_LINE_BYTES
     deadline_seconds = deadline_seconds or settings.SYNC_DOWNLOAD_DEADLINE_SECONDS
-    session = requests.Session()
-    session.trust_env = False  # no proxy or netrc from the environment
+    too_slow = f"result download exceeded its {deadline_seconds:g} s deadline"
+    session = transport.new_session()  # deadline-aware connections, no env proxies
+    guard = transport._Guard(time.monotonic() + deadline_seconds)
+    transport._watchdog.watch(guard)
+    # The guard takes the socket when the connection opens it; then it is detached from this
+    # thread, so API calls made while the caller consumes lines are not under this deadline.
+    transport._local.guard = guard
     try:
         response = session.get(
             url,
             stream=True,
             allow_redirects=False,
-            timeout=(settings.SHOPTET_CONNECT_TIMEOUT, settings.SHOPTET_READ_TIMEOUT),
-            headers={"User-Agent": USER_AGENT, "Accept-Encoding": "identity"},
+            timeout=(
+                min(settings.SHOPTET_CONNECT_TIMEOUT, deadline_seconds),
+                min(settings.SHOPTET_READ_TIMEOUT, deadline_seconds),
+            ),
+            headers={"Accept-Encoding": "identity"},
         )
     except requests.RequestException as exc:
+        guard.finish()
         session.close()
+        if guard.expired:
+            raise DownloadError(too_slow) from None
         raise DownloadError(f"resultUrl unreachable: {type(exc).__name__}") from None
-    # A server that trickles bytes never trips the read timeout: close it at the deadline.
-    expired = threading.Event()
-
-    def expire() -> None:
-        expired.set()
-        response.close()
-
-    watchdog = threading.Timer(deadline_seconds, expire)
-    watchdog.daemon = True
-    watchdog.start()
+    finally:
+        transport._local.guard = None
     try:
+        if guard.expired:
+            raise DownloadError(too_slow)
         if response.status_code != 200:
-            raise DownloadError(f"resultUrl answered HTTP {response.status_code}")
-        declared = response.headers.get("Content-Length")
-        total = int(declared) if declared and declared.isdigit() else None
+            raise DownloadError(
+                f"resultUrl answered HTTP {response.status_code}",
+                gone=response.status_code in (404, 410),
+            )
+        declared = response.headers.get("Content-Length", "")
+        total = int(declared) if declared.isascii() and declared.isdigit() else None
         if total is not None and total > max_bytes:
             raise DownloadError(f"result is {total} bytes, over the {max_bytes} cap")
         yield from _lines(
-            _chunks(response, max_bytes, total, progress, expired), max_line
+            _chunks(response, max_bytes, total, progress, guard), max_line
         )
-    except (requests.RequestException, OSError, AttributeError, ValueError) as exc:
-        # AttributeError/ValueError: urllib3 reading from a response the watchdog closed.
-        if expired.is_set():
-            raise DownloadError(
-                f"result download exceeded its {deadline_seconds:.0f} s deadline"
-            ) from None
+    except (
+        requests.RequestException,
+        urllib3.exceptions.HTTPError,
+        OSError,
+        AttributeError,
+        ValueError,
+    ) as exc:
+        # AttributeError/ValueError: urllib3 reading from a socket the watchdog shut down.
+        if guard.expired:
+            raise DownloadError(too_slow) from None
         raise DownloadError(f"result download failed: {type(exc).__name__}") from None
     finally:
-        watchdog.cancel()
+        guard.finish()
         response.close()
         session.close()
-    if expired.is_set():
-        raise DownloadError(
-            f"result download exceeded its {deadline_seconds:.0f} s deadline"
-        )
 
 
 def _chunks(
@@ -132,7 +152,7 @@ def _chunks(
     max_bytes: int,
     total: int | None,
     progress: Callable[[int, int | None], None] | None,
-    expired: threading.Event,
+    guard: transport._Guard,
 ) -> Iterator[bytes]:
     """The body decompressed if it starts with the gzip magic, chunk by chunk."""
     received = 0
@@ -140,7 +160,7 @@ def _chunks(
     first = True
     last_report = 0.0
     for raw in response.raw.stream(CHUNK, decode_content=False):
-        if expired.is_set():
+        if guard.expired:
             raise DownloadError("result download exceeded its deadline")
         received += len(raw)
         if received > max_bytes:
@@ -165,7 +185,14 @@ def _chunks(
                     decompressor = zlib.decompressobj(wbits=31)
         except zlib.error:
             raise DownloadError("result is not valid gzip") from None
+    if guard.expired:
+        # A shut socket may read as a clean end of a body without Content-Length.
+        raise DownloadError("result download exceeded its deadline")
+    if total is not None and received < total:
+        raise DownloadError(f"result ended after {received} of {total} bytes")
     if decompressor is not None:
+        if not decompressor.eof:
+            raise DownloadError("result is truncated gzip")
         yield decompressor.flush()
     if progress is not None:
         progress(received, total)

@@ -50,6 +50,9 @@ STORE_BATCH = 500
 SAME_SECOND = dt.timedelta(seconds=1)
 MAX_WALK_PASSES = 3  # walks repeated when the list moved under us
 MAX_SNAPSHOT_ATTEMPTS = 2  # failed/expired jobs before falling back to paging
+# Shoptet answers 403 to the 11th detail request of an unfinished job; a client retry of a poll
+# (a dropped connection, a 503) counts there too, so the engine's own polls stop at 8.
+MAX_UNFINISHED_JOB_POLLS = 8
 DONE_STATUSES = {"completed"}
 FAILED_STATUSES = {"failed", "expired", "killed"}
 
@@ -603,12 +606,17 @@ class Engine:
         self._save()
         return Outcome.MORE
 
+    @staticmethod
+    def _max_polls() -> int:
+        return min(len(settings.SYNC_JOB_POLL_DELAYS), MAX_UNFINISHED_JOB_POLLS)
+
     # Reference: https://api.docs.shoptet.com/shoptet-api/openapi/jobs/getjobdetail
     def _read_job(self, *, finished: bool) -> Outcome:
         cp = self.state.checkpoint
         if not finished:
-            # Shoptet refuses the 11th detail poll of an unfinished job: we stop well before.
-            if cp["polls"] >= len(settings.SYNC_JOB_POLL_DELAYS):
+            # Shoptet refuses the 11th detail poll of an unfinished job: we stop before it,
+            # however many delays are configured.
+            if cp["polls"] >= self._max_polls():
                 cp["next_poll_at"] = None
                 self._save()
                 self.wait_seconds = 60.0
@@ -627,7 +635,7 @@ class Engine:
         if status in FAILED_STATUSES:
             return self._retry_job(f"status {status}")
         delays = settings.SYNC_JOB_POLL_DELAYS
-        if cp["polls"] < len(delays):
+        if cp["polls"] < self._max_polls():
             cp["next_poll_at"] = time.time() + delays[cp["polls"]]
         else:
             cp["next_poll_at"] = None  # only the webhook or the sweeper now
@@ -674,7 +682,9 @@ class Engine:
                     if self.lost():
                         raise SyncStopped("the sync lease was lost")
         except download.DownloadError as exc:
-            if cp.get("download_failures", 0) >= 1:
+            # An expired result (404) will not come back: a new job at once. Anything else
+            # (refused URL, too large, too slow) is reported and tried once more first.
+            if exc.gone or cp.get("download_failures", 0) >= 1:
                 return self._retry_job(str(exc))
             cp["download_failures"] = cp.get("download_failures", 0) + 1
             self._save()
