@@ -29,9 +29,15 @@ def job_finished(event: WebhookEvent) -> str:
     eshop_id = event.eshop.eshop_id
     mark_job_finished(eshop_id, event.event_instance)
     for state in SyncState.objects.filter(
-        eshop=event.eshop, phase=SyncState.Phase.SNAPSHOT
+        eshop=event.eshop,
+        phase__in=[SyncState.Phase.SNAPSHOT, SyncState.Phase.CHANGES],
     ):
-        if state.checkpoint.get("job_id") == event.event_instance:
+        # A full copy's job, or an incremental walk's filtered one (checkpoint["fetch"]).
+        fetch = state.checkpoint.get("fetch") or {}
+        if event.event_instance in (
+            state.checkpoint.get("job_id"),
+            fetch.get("job_id"),
+        ):
             transaction.on_commit(
                 partial(in_background, tasks.run_slice.delay, eshop_id, state.resource),
                 robust=True,

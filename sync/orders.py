@@ -55,6 +55,7 @@ ORDERS = register(
         detail_path="/api/orders/{key}",
         changes_path="/api/orders/changes",
         snapshot_path="/api/orders/snapshot",
+        snapshot_filter="orderCodes",
         to_fields=order_fields,
         unwrap_detail=_unwrap,
         list_page_size=50,

@@ -30,6 +30,7 @@ PRODUCTS = register(
         detail_path="/api/products/{key}",
         changes_path="/api/products/changes",
         snapshot_path="/api/products/snapshot",
+        snapshot_filter="productGuids",
         to_fields=product_fields,
         list_page_size=1000,
     )

@@ -43,6 +43,8 @@ class Resource:
     snapshot_path: str | None = (
         None  # asynchronous full export (gzip JSONL), if Shoptet has one
     )
+    # The snapshot's filter by keys ("orderCodes"): incremental fetches of many changed items.
+    snapshot_filter: str | None = None
     list_page_size: int = 50
     changes_page_size: int = 1000
     detail_params: dict[str, str] = field(default_factory=dict)

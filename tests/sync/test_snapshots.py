@@ -65,7 +65,8 @@ def wait_for_job(emulator: ShoptetEmulator, job_id: str) -> str:
 
 def deliver_job_finished(emulator: ShoptetEmulator, shop: Eshop) -> None:
     """What the webhook view does with a verified job:finished (the slice it queues is ours)."""
-    job_id = state_of(shop).checkpoint["job_id"]
+    cp = state_of(shop).checkpoint
+    job_id = cp["job_id"] if "job_id" in cp else cp["fetch"]["job_id"]
     wait_for_job(emulator, job_id)
     event = WebhookEvent(
         eshop=shop, event="job:finished", event_instance=job_id, raw_body="{}"
@@ -133,7 +134,7 @@ def test_without_job_finished_the_job_is_polled_with_growing_spacing_never_an_11
     shoptet_settings.job_outcome = (
         "never"  # no webhook, never done (Shoptet's lost job)
     )
-    shoptet_settings.add_orders(snap_shop.eshop_id, 5)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 5, history_days=1)
     spacings = []
 
     for _ in range(15):
@@ -166,7 +167,7 @@ def test_the_sweeper_restarts_a_job_that_never_reports(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     shoptet_settings.job_outcome = "never"
-    shoptet_settings.add_orders(snap_shop.eshop_id, 40)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 40, history_days=1)
     assert run_resource(snap_shop, "orders")[0] is Outcome.WAITING
     first_job = state_of(snap_shop).checkpoint["job_id"]
     woken: list[tuple[int, str]] = []
@@ -196,7 +197,7 @@ def test_an_expired_result_starts_a_new_job(
     shoptet_settings: ShoptetEmulator,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    shoptet_settings.add_orders(snap_shop.eshop_id, 30)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 30, history_days=1)
     assert run_resource(snap_shop, "orders")[0] is Outcome.WAITING
     job_id = state_of(snap_shop).checkpoint["job_id"]
     wait_for_job(shoptet_settings, job_id)
@@ -248,7 +249,7 @@ def _with_result_url(
 def test_a_result_url_on_a_foreign_host_is_never_fetched(
     rewrite: Callable[[str], str], snap_shop: Eshop, shoptet_settings: ShoptetEmulator
 ) -> None:
-    shoptet_settings.add_orders(snap_shop.eshop_id, 3)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 3, history_days=1)
     _with_result_url(shoptet_settings, snap_shop, rewrite)
 
     with pytest.raises(DownloadError, match=r"host"):
@@ -263,7 +264,7 @@ def test_a_result_url_on_a_foreign_host_is_never_fetched(
 def test_http_result_url_is_refused_without_shoptet_allow_http(
     snap_shop: Eshop, shoptet_settings: ShoptetEmulator, settings: Any
 ) -> None:
-    shoptet_settings.add_orders(snap_shop.eshop_id, 3)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 3, history_days=1)
     _with_result_url(shoptet_settings, snap_shop, lambda url: url)
     settings.SHOPTET_ALLOW_HTTP = False
 
@@ -302,7 +303,9 @@ def test_an_oversized_result_is_refused(
 ) -> None:
     shoptet_settings.result_content_length = sized
     shoptet_settings.result_gzip = False
-    shoptet_settings.add_orders(snap_shop.eshop_id, 200)  # ~500 kB of JSON Lines
+    shoptet_settings.add_orders(
+        snap_shop.eshop_id, 200, history_days=1
+    )  # ~500 kB of JSON Lines
     settings.SYNC_DOWNLOAD_MAX_BYTES = 100_000
     assert run_resource(snap_shop, "orders")[0] is Outcome.WAITING
     deliver_job_finished(shoptet_settings, snap_shop)
@@ -319,7 +322,7 @@ def test_an_oversized_result_is_refused(
 def test_a_trickling_result_ends_at_the_download_deadline(
     snap_shop: Eshop, shoptet_settings: ShoptetEmulator, settings: Any
 ) -> None:
-    shoptet_settings.add_orders(snap_shop.eshop_id, 3)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 3, history_days=1)
     _with_result_url(shoptet_settings, snap_shop, lambda url: url)
     url = state_of(snap_shop).checkpoint["result_url"]
     # One byte every 0.2 s: the status line and headers alone take a minute, and every read
@@ -349,7 +352,7 @@ def test_a_trickling_result_ends_at_the_download_deadline(
 def test_a_trickling_body_after_quick_headers_ends_at_the_deadline(
     snap_shop: Eshop, shoptet_settings: ShoptetEmulator, settings: Any
 ) -> None:
-    shoptet_settings.add_orders(snap_shop.eshop_id, 3)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 3, history_days=1)
     _with_result_url(shoptet_settings, snap_shop, lambda url: url)
     url = state_of(snap_shop).checkpoint["result_url"]
     settings.SYNC_DOWNLOAD_DEADLINE_SECONDS = 1.0
@@ -366,7 +369,7 @@ def test_bad_lines_are_item_errors_and_the_run_completes(
 ) -> None:
     shoptet_settings.result_bad_line = bad  # type: ignore[assignment]
     shoptet_settings.result_bad_line_at = 3
-    shoptet_settings.add_orders(snap_shop.eshop_id, 20)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 20, history_days=1)
 
     complete(shoptet_settings, snap_shop)
 
@@ -393,7 +396,7 @@ def test_memory_stays_flat_while_streaming_a_large_result(
     # ~110 MB of orders plus one 50 MB line, gzip: the parts we hold are a chunk and a line.
     shoptet_settings.result_bad_line = "huge-line"
     shoptet_settings.result_bad_line_at = 1000
-    shoptet_settings.add_orders(snap_shop.eshop_id, 40_000)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 40_000, history_days=1)
     _with_result_url(shoptet_settings, snap_shop, lambda url: url)
     url = state_of(snap_shop).checkpoint["result_url"]
     lines = uncompressed = 0
@@ -420,7 +423,7 @@ def test_a_snapshot_refused_with_403_falls_back_to_paging(
     # We believe job:finished is registered; Shoptet no longer has it (deleted by hand).
     for hook in shoptet_settings.webhooks_of(snap_shop.eshop_id):
         shoptet_settings.delete_webhook(snap_shop.eshop_id, hook.id)
-    shoptet_settings.add_orders(snap_shop.eshop_id, 60)
+    shoptet_settings.add_orders(snap_shop.eshop_id, 60, history_days=1)
 
     complete(shoptet_settings, snap_shop)
 
@@ -440,7 +443,7 @@ def test_job_finished_delivered_over_http_resumes_the_run(
     settings.SHOPTET_WEBHOOK_URL = f"{live_server.url}/webhooks/shoptet/"
     settings.SYNC_ENABLED = True
     emulated = shoptet_settings.add_eshop()
-    shoptet_settings.add_orders(emulated.eshop_id, 120)
+    shoptet_settings.add_orders(emulated.eshop_id, 120, history_days=1)
     # A committed install: post_install (eager) registers job:finished at our live URL.
     shop = install_addon(code=shoptet_settings.issue_install_code(emulated.eshop_id))
     shop.refresh_from_db()
@@ -462,3 +465,75 @@ def test_job_finished_delivered_over_http_resumes_the_run(
     assert event.status == WebhookEvent.Status.PROCESSED
     assert "resumed" in event.result
     assert shoptet_settings.stats.job_polls[shop.eshop_id] == 1
+
+
+# --- Incremental: many changed items through snapshots filtered by orderCodes ---------------
+
+
+def _edited(emulator: ShoptetEmulator, shop: Eshop, count: int) -> list[str]:
+    codes = emulator.add_orders(shop.eshop_id, 100, history_days=1)
+    complete(emulator, shop)  # the first copy (a snapshot)
+    for code in codes[:count]:
+        emulator.edit_order(shop.eshop_id, code, paid=True)
+    # Change times have one-second resolution: a walk started in the edits' own second would
+    # (rightly) walk again. Start it in the next second.
+    time.sleep(1.1)
+    emulator.stats.requests.clear()
+    return codes[:count]
+
+
+def _detail_calls(emulator: ShoptetEmulator, codes: list[str]) -> int:
+    paths = {f"/api/orders/{code}" for code in codes}
+    return sum(1 for r in emulator.stats.requests if r[1] in paths)
+
+
+def test_many_changed_orders_are_fetched_by_filtered_snapshots(
+    snap_shop: Eshop, shoptet_settings: ShoptetEmulator
+) -> None:
+    edited = _edited(shoptet_settings, snap_shop, 60)
+    jobs_before = shoptet_settings.stats.snapshot_jobs[snap_shop.eshop_id]
+    drops_before = shoptet_settings.stats.drops[snap_shop.eshop_id]
+
+    complete(shoptet_settings, snap_shop)
+
+    assert shoptet_settings.stats.snapshot_jobs[snap_shop.eshop_id] - jobs_before == 2
+    assert _detail_calls(shoptet_settings, edited) == 0
+    assert all(
+        Order.objects.get(eshop=snap_shop, code=code).paid is True for code in edited
+    )
+    # 2 jobs (5 + 1 poll each) and the /changes page: far below one drop per order.
+    assert shoptet_settings.stats.drops[snap_shop.eshop_id] - drops_before < 20
+    state = state_of(snap_shop)
+    assert state.mode == SyncState.Mode.INCREMENTAL
+    assert "fetch" not in state.checkpoint
+    assert mirrored_codes(snap_shop) == live_codes(shoptet_settings, snap_shop)
+
+
+def test_few_changed_orders_are_fetched_by_details(
+    snap_shop: Eshop, shoptet_settings: ShoptetEmulator
+) -> None:
+    edited = _edited(shoptet_settings, snap_shop, 3)
+    jobs_before = shoptet_settings.stats.snapshot_jobs[snap_shop.eshop_id]
+
+    complete(shoptet_settings, snap_shop)
+
+    assert shoptet_settings.stats.snapshot_jobs[snap_shop.eshop_id] == jobs_before
+    assert _detail_calls(shoptet_settings, edited) == 3
+    assert all(
+        Order.objects.get(eshop=snap_shop, code=code).paid is True for code in edited
+    )
+
+
+def test_a_failed_filtered_snapshot_falls_back_to_details(
+    snap_shop: Eshop, shoptet_settings: ShoptetEmulator
+) -> None:
+    edited = _edited(shoptet_settings, snap_shop, 30)
+    shoptet_settings.job_outcome = "fail"
+
+    complete(shoptet_settings, snap_shop)
+
+    assert _detail_calls(shoptet_settings, edited) == 30
+    assert all(
+        Order.objects.get(eshop=snap_shop, code=code).paid is True for code in edited
+    )
+    assert "fetch" not in state_of(snap_shop).checkpoint
