@@ -18,6 +18,7 @@ import itertools
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import requests
@@ -49,8 +50,8 @@ _local = threading.local()
 # --- Deadlines --------------------------------------------------------------------------------
 
 
-class _Guard:
-    """One call's deadline and the socket it uses; `expire` shuts the socket down."""
+class Deadline:
+    """One call's wall-clock deadline and the sockets it uses; `expire` shuts them down."""
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
@@ -96,11 +97,11 @@ class _Watchdog:
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Guard]] = []
+        self._heap: list[tuple[float, int, Deadline]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
 
-    def watch(self, guard: _Guard) -> None:
+    def watch(self, guard: Deadline) -> None:
         with self._cond:
             heapq.heappush(self._heap, (guard.deadline, next(self._order), guard))
             if self._thread is None or not self._thread.is_alive():
@@ -127,8 +128,29 @@ class _Watchdog:
 _watchdog = _Watchdog()
 
 
-def _current_guard() -> _Guard | None:
+def _current_guard() -> Deadline | None:
     return getattr(_local, "guard", None)
+
+
+def start_deadline(seconds: float) -> Deadline:
+    """A deadline `seconds` from now that the watchdog enforces on the sockets attached to it."""
+    guard = Deadline(time.monotonic() + seconds)
+    _watchdog.watch(guard)
+    return guard
+
+
+@contextlib.contextmanager
+def connections_under(guard: Deadline) -> Iterator[None]:
+    """Sockets this thread opens inside the block are shut down when `guard` expires.
+
+    Only the opening is scoped: a streamed body read after the block stays under the deadline,
+    while other calls the thread makes later are not.
+    """
+    _local.guard = guard
+    try:
+        yield
+    finally:
+        _local.guard = None
 
 
 class _GuardedHTTPConnection(urllib3.connection.HTTPConnection):
@@ -237,18 +259,17 @@ def send(
         raise ShoptetTimeoutError(
             "no time left for the call", endpoint=endpoint, request_sent=False
         )
-    guard = _Guard(limit)
-    _local.guard = guard
-    _watchdog.watch(guard)
+    guard = start_deadline(budget)
     try:
-        response = session.request(
-            method,
-            url,
-            timeout=(min(timeout[0], budget), min(timeout[1], budget)),
-            allow_redirects=False,
-            stream=True,
-            **kwargs,
-        )
+        with connections_under(guard):
+            response = session.request(
+                method,
+                url,
+                timeout=(min(timeout[0], budget), min(timeout[1], budget)),
+                allow_redirects=False,
+                stream=True,
+                **kwargs,
+            )
         try:
             response._content = _read_body(response, max_bytes, endpoint=endpoint)
         finally:
@@ -281,7 +302,6 @@ def send(
         ) from None
     finally:
         guard.finish()
-        _local.guard = None
     return response
 
 

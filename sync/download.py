@@ -91,30 +91,27 @@ def stream_lines(
     deadline_seconds = deadline_seconds or settings.SYNC_DOWNLOAD_DEADLINE_SECONDS
     too_slow = f"result download exceeded its {deadline_seconds:g} s deadline"
     session = transport.new_session()  # deadline-aware connections, no env proxies
-    guard = transport._Guard(time.monotonic() + deadline_seconds)
-    transport._watchdog.watch(guard)
-    # The guard takes the socket when the connection opens it; then it is detached from this
-    # thread, so API calls made while the caller consumes lines are not under this deadline.
-    transport._local.guard = guard
+    guard = transport.start_deadline(deadline_seconds)
+    # The deadline takes the socket when the connection opens it; API calls made while the caller
+    # consumes lines are not under it.
     try:
-        response = session.get(
-            url,
-            stream=True,
-            allow_redirects=False,
-            timeout=(
-                min(settings.SHOPTET_CONNECT_TIMEOUT, deadline_seconds),
-                min(settings.SHOPTET_READ_TIMEOUT, deadline_seconds),
-            ),
-            headers={"Accept-Encoding": "identity"},
-        )
+        with transport.connections_under(guard):
+            response = session.get(
+                url,
+                stream=True,
+                allow_redirects=False,
+                timeout=(
+                    min(settings.SHOPTET_CONNECT_TIMEOUT, deadline_seconds),
+                    min(settings.SHOPTET_READ_TIMEOUT, deadline_seconds),
+                ),
+                headers={"Accept-Encoding": "identity"},
+            )
     except requests.RequestException as exc:
         guard.finish()
         session.close()
         if guard.expired:
             raise DownloadError(too_slow) from None
         raise DownloadError(f"resultUrl unreachable: {type(exc).__name__}") from None
-    finally:
-        transport._local.guard = None
     try:
         if guard.expired:
             raise DownloadError(too_slow)
@@ -152,7 +149,7 @@ def _chunks(
     max_bytes: int,
     total: int | None,
     progress: Callable[[int, int | None], None] | None,
-    guard: transport._Guard,
+    guard: transport.Deadline,
 ) -> Iterator[bytes]:
     """The body decompressed if it starts with the gzip magic, chunk by chunk."""
     received = 0
