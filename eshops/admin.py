@@ -11,6 +11,7 @@ import datetime as dt
 from typing import Any
 
 import redis
+from django.apps import apps
 from django.contrib import admin, messages
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.admin.utils import unquote
@@ -285,6 +286,7 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
                 ]
             },
         ),
+        ("Sync", {"fields": ["sync_states_table"]}),
         (
             "Installation",
             {
@@ -444,6 +446,36 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         return _table(
             ["Event", "Shoptet webhook id"],
             [(event, str(hook_id)) for event, hook_id in sorted(obj.webhooks.items())],
+        )
+
+    @admin.display(description="sync states")
+    def sync_states_table(self, obj: Eshop) -> SafeString | str:
+        # Looked up in the app registry: the sync app depends on eshops, not the other way round.
+        from sync.admin import format_lag
+
+        sync_state = apps.get_model("sync", "SyncState")
+        states = list(sync_state.objects.filter(eshop=obj).order_by("resource"))
+        if not states:
+            return "not synced yet"
+        table = _table(
+            ["Resource", "Phase", "Stored", "Last success", "Lag", "Last error"],
+            [
+                (
+                    state.resource,
+                    state.get_phase_display(),
+                    str(state.items_stored),
+                    format_utc(state.last_success_at, empty="never"),
+                    format_lag(state.lag_seconds),
+                    state.last_error[:120] or "-",
+                )
+                for state in states
+            ],
+        )
+        return format_html(
+            '{}<p><a href="{}?eshop__id__exact={}">Sync states of this tenant</a></p>',
+            table,
+            reverse("admin:sync_syncstate_changelist"),
+            obj.pk,
         )
 
     @admin.display(description="recent webhook events")

@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
+from django.apps import apps
 from django.contrib import admin
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, Exists, OuterRef
+from django.db.models import Count, Exists, OuterRef, Q
 from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import reverse
@@ -150,8 +151,39 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
             "pending_setup_count": pending_setup.count(),
             "pending_setup": pending_setup[:LIST_LIMIT],
             "recent_failures": recent_failures(limit=LIST_LIMIT),
+            "sync_health": sync_health(now=now),
+            "sync_changelist": reverse("admin:sync_syncstate_changelist"),
         },
     )
+
+
+@dataclass(frozen=True)
+class SyncHealth:
+    """Tenants (not resources) in each condition; one tenant may be in several."""
+
+    syncing: int
+    failing: int
+    lagging: int
+    running: int
+    lag_alert_minutes: int
+
+
+def sync_health(*, now: dt.datetime) -> SyncHealth:
+    """One aggregate query over the sync states, whatever the number of tenants."""
+    # Looked up lazily: the sync app depends on eshops, not the other way round.
+    from sync.admin import FAILING, LAG_ALERT_MINUTES, lagging_condition
+
+    sync_state = apps.get_model("sync", "SyncState")
+    # Suspended, uninstalled and paused tenants stop syncing on purpose: not counted.
+    counts = sync_state.objects.filter(
+        eshop__status=Eshop.Status.ACTIVE, eshop__processing_paused_at=None
+    ).aggregate(
+        syncing=Count("eshop", distinct=True),
+        failing=Count("eshop", distinct=True, filter=FAILING),
+        lagging=Count("eshop", distinct=True, filter=lagging_condition(now)),
+        running=Count("eshop", distinct=True, filter=Q(running_since__isnull=False)),
+    )
+    return SyncHealth(**counts, lag_alert_minutes=LAG_ALERT_MINUTES)
 
 
 def count_by_status(

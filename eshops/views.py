@@ -12,6 +12,7 @@ import logging
 from typing import Any
 from urllib.parse import urlsplit
 
+from django.apps import apps
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -304,6 +305,46 @@ def _parse_time(value: object) -> datetime.datetime | None:
         return None
 
 
+# The resources a merchant can switch on, as the settings page names them.
+SYNC_RESOURCES: list[tuple[str, str, StrOrPromise]] = [
+    ("orders", "sync_orders", _("Orders")),
+    ("products", "sync_products", _("Products")),
+]
+
+
+def sync_rows(eshop: Eshop) -> list[dict[str, Any]]:
+    """For each resource the merchant enabled: when it was last synced and whether it failed since."""
+    current = EshopSettings.objects.filter(eshop=eshop).first() or EshopSettings()
+    enabled = [
+        (name, label)
+        for name, toggle, label in SYNC_RESOURCES
+        if getattr(current, toggle)
+    ]
+    if not enabled:
+        return []
+    # Looked up in the app registry: the sync app depends on eshops, not the other way round.
+    sync_state = apps.get_model("sync", "SyncState")
+    states = {
+        state.resource: state
+        for state in sync_state.objects.filter(
+            eshop=eshop, resource__in=[name for name, _label in enabled]
+        )
+    }
+    rows = []
+    for name, label in enabled:
+        state = states.get(name)
+        rows.append(
+            {
+                "resource": name,
+                "label": label,
+                "last_success_at": state.last_success_at if state else None,
+                "failed": bool(state and state.last_error),
+                "running": bool(state and state.running_since),
+            }
+        )
+    return rows
+
+
 def status_panel(eshop: Eshop) -> dict[str, Any]:
     """Installation state, token health, the last webhook and the endpoints Shoptet refused.
 
@@ -336,6 +377,7 @@ def status_panel(eshop: Eshop) -> dict[str, Any]:
     )
     return {
         "api_token": api_token,
+        "sync_rows": sync_rows(eshop),
         "last_webhook": last_webhook,
         "webhook_state": webhook_state,
         "missing_rights": [

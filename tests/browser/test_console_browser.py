@@ -18,6 +18,7 @@ from eshops.models import Eshop
 from eshops.tasks import beat_heartbeat
 from shoptet_api import tokens
 from shoptet_api.models import WebhookEvent
+from sync.models import SyncState
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page, Response
@@ -102,6 +103,37 @@ def tenants(
         )
     pipe.execute()
     beat_heartbeat.apply()
+    # Sync states in every condition the console tells apart.
+    SyncState.objects.create(
+        eshop=eshop,
+        resource="orders",
+        phase=SyncState.Phase.CHANGES,
+        items_stored=48_213,
+        items_deleted=12,
+        last_success_at=now - dt.timedelta(minutes=4),
+        changes_from=now - dt.timedelta(minutes=9),
+    )
+    SyncState.objects.create(
+        eshop=eshop,
+        resource="products",
+        phase=SyncState.Phase.SNAPSHOT,
+        items_done=12_400,
+        items_total=31_000,
+        items_stored=12_400,
+        running_since=now - dt.timedelta(minutes=2),
+    )
+    SyncState.objects.create(
+        eshop=refused,
+        resource="orders",
+        phase=SyncState.Phase.FAILED,
+        items_stored=310,
+        item_errors=3,
+        last_success_at=now - dt.timedelta(days=2),
+        changes_from=now - dt.timedelta(days=2, hours=1),
+        last_error="ShoptetForbidden: 403 Forbidden: the addon may not read GET /api/orders/changes "
+        "for this e-shop (approve the endpoint in the Shoptet administration)",
+        last_error_at=now - dt.timedelta(minutes=20),
+    )
     return eshop
 
 
@@ -162,6 +194,18 @@ def test_operator_sees_dashboard_tenant_list_and_tenant_page(
     assert page.get_by_text("Active · paused").count() == 1
     screenshot(page, "console-tenants-1366.png")
 
+    # Sync states: every column fits in 1366 px; the header links here.
+    page.click("#console-nav >> text=Sync")
+    page.wait_for_url(f"{live_server.url}/admin/sync/syncstate/")
+    results = page.locator("#changelist .results")
+    screenshot(page, "console-sync-states-1366.png")
+    assert page.locator("#result_list tbody tr").count() == 3
+    assert results.evaluate("el => el.scrollWidth <= el.clientWidth")
+    assert _no_horizontal_scroll(page)
+    assert page.get_by_text("12400 / 31000 (40 %)").count() == 1
+    assert page.locator("#result_list td.field-last_error_short").first.inner_text()
+    screenshot(page, "console-sync-states-1366.png")
+
     # Tenant page: read-only, action buttons, webhook tables.
     page.goto(f"{live_server.url}/admin/eshops/eshop/{eshop.pk}/change/")
     assert page.locator("input[name=_save], input[name=_continue]").count() == 0
@@ -170,6 +214,7 @@ def test_operator_sees_dashboard_tenant_list_and_tenant_page(
         page.locator(".field-webhooks_table table.console-table tbody tr").count() == 3
     )
     assert page.locator(".field-recent_webhook_events table tbody tr").count() == 4
+    assert page.locator(".field-sync_states_table table tbody tr").count() == 2
     assert _no_horizontal_scroll(page)
     screenshot(page, "console-tenant-page-1366.png")
 

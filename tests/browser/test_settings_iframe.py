@@ -286,8 +286,13 @@ def test_settings_page_reads_well_in_a_wide_and_a_narrow_frame(
     assert page.locator(".badge").all_inner_texts() == [
         "Aktivní",
         "Připojeno",
+        "Zatím ne",  # orders are synced by default; no run has finished yet
         "Zpracováno",
     ]
+    assert (
+        page.locator("#status dt").nth(2).inner_text()
+        == "Naposledy synchronizováno: Objednávky"
+    )
 
     page.get_by_label("Interval synchronizace (minuty)").fill("1")
     page.get_by_label("E-mail pro upozornění").fill("not-an-email")

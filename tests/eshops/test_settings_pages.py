@@ -29,6 +29,7 @@ from shoptet_api import provisioning, tokens
 from shoptet_api.models import WebhookEvent
 from shoptet_api.types import BasicEshop
 from shoptet_emulator import ShoptetEmulator
+from sync.models import SyncState
 
 pytestmark = pytest.mark.django_db
 
@@ -586,6 +587,18 @@ def _page_state(
                 side_effect=redis.ConnectionError("down"),
             )
         )
+    elif state.startswith("sync-"):
+        EshopSettings.objects.update_or_create(
+            eshop=eshop, defaults={"sync_orders": True, "sync_products": True}
+        )
+        now = timezone.now()
+        SyncState.objects.create(
+            eshop=eshop,
+            resource="orders",
+            last_success_at=now - datetime.timedelta(minutes=5),
+            last_error="ShoptetServerError: 503" if state == "sync-failed" else "",
+            running_since=now if state == "sync-running" else None,
+        )
     elif state == "form-errors":
         return {"sync_interval_minutes": "1", "notification_email": "not-an-email"}
     elif state == "form-required":
@@ -596,7 +609,8 @@ def _page_state(
 @pytest.mark.parametrize(
     "state",
     [f"webhook-{status}" for status in WebhookEvent.Status.values]
-    + ["paused-idle", "renewals-failing", "redis-down", "form-errors", "form-required"],
+    + ["paused-idle", "renewals-failing", "redis-down", "form-errors", "form-required"]
+    + ["sync-ok", "sync-failed", "sync-running"],
 )
 def test_czech_page_has_no_english_left(
     client: Client,
@@ -633,3 +647,65 @@ def test_czech_page_has_no_english_left(
     assert untranslated == set(), (
         f"English left on the Czech page: {sorted(untranslated)}"
     )
+
+
+@pytest.mark.parametrize(
+    ("lang", "five_minutes_ago", "never"),
+    [
+        ("cs", r"před 5\s+minutami", "Zatím ne"),
+        ("sk", r"pred 5\s+minútami", "Zatiaľ nie"),
+        ("hu", r"5\s+perce", "Még nem"),
+        ("en", r"5\s+minutes ago", "Not yet"),
+    ],
+)
+def test_status_panel_tells_when_each_enabled_resource_was_last_synced(
+    client: Client,
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[[], Eshop],
+    lang: str,
+    five_minutes_ago: str,
+    never: str,
+) -> None:
+    eshop = install()
+    EshopSettings.objects.update_or_create(
+        eshop=eshop, defaults={"sync_orders": True, "sync_products": True}
+    )
+    SyncState.objects.create(
+        eshop=eshop,
+        resource="orders",
+        last_success_at=timezone.now() - datetime.timedelta(minutes=5),
+    )
+    session = login(client, shoptet_settings, eshop, lang=lang)
+
+    html = client.get(PAGE, {"s": session}).content.decode()
+
+    orders = re.search(r'<dd id="last-synced-orders">(.*?)</dd>', html, re.S)
+    products = re.search(r'<dd id="last-synced-products">(.*?)</dd>', html, re.S)
+    assert orders is not None
+    assert products is not None
+    assert re.search(five_minutes_ago, orders.group(1)), orders.group(1)
+    assert never in products.group(1)
+
+
+def test_status_panel_shows_only_the_resources_the_merchant_enabled(
+    client: Client, shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    EshopSettings.objects.update_or_create(
+        eshop=eshop, defaults={"sync_orders": False, "sync_products": True}
+    )
+    SyncState.objects.create(
+        eshop=eshop,
+        resource="products",
+        last_success_at=timezone.now() - datetime.timedelta(hours=1),
+        last_error="ShoptetServerError: 503",
+    )
+    session = login(client, shoptet_settings, eshop)
+
+    html = client.get(PAGE, {"s": session}).content.decode()
+
+    assert 'id="last-synced-orders"' not in html
+    products = re.search(r'<dd id="last-synced-products">(.*?)</dd>', html, re.S)
+    assert products is not None
+    assert "the last attempt failed, it will be retried" in products.group(1)
+    assert "503" not in html  # the error itself is for operators
