@@ -232,11 +232,14 @@ class BenchSession:
 
 
 @contextlib.contextmanager
-def session(name: str, *, emulator_process: bool = False) -> Iterator[BenchSession]:
+def session(
+    name: str, *, emulator_process: bool = False, database_url: str | None = None
+) -> Iterator[BenchSession]:
     """Environment, Django and an emulator for one benchmark; cleans up on the way out.
 
     The emulator runs in this process (the default: its stats are plain attributes) or, with
-    `emulator_process`, in a child process reached through `BenchSession.host`.
+    `emulator_process`, in a child process reached through `BenchSession.host`. `database_url`
+    (a database of the benchmark's own, see bench/sync_db.py) replaces the empty SQLite file.
     """
     manager: _HostManager | None = None
     if emulator_process:
@@ -256,7 +259,7 @@ def session(name: str, *, emulator_process: bool = False) -> Iterator[BenchSessi
             "REDIS_URL": redis_url,
             # Nothing on the measured paths touches the database; if something does, it is this
             # empty file and the run fails loudly instead of writing to someone's db.sqlite3.
-            "DATABASE_URL": f"sqlite:///{tmpdir / 'bench.sqlite3'}",
+            "DATABASE_URL": database_url or f"sqlite:///{tmpdir / 'bench.sqlite3'}",
             "SHOPTET_CLIENT_ID": CLIENT_ID,
             "SHOPTET_CLIENT_SECRET": CLIENT_SECRET,
             "SHOPTET_REDIRECT_URI": REDIRECT_URI,

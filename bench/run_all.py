@@ -23,7 +23,14 @@ if __package__ in (None, ""):  # run as a file: python bench/run_all.py
 
 from bench import common
 
-BENCHMARKS = ("client_overhead", "token_economy", "renewal_sweep")
+BENCHMARKS = (
+    "client_overhead",
+    "token_economy",
+    "renewal_sweep",
+    "sync_rate",
+    "sync_fairness",
+    "sync_ingest",
+)
 # The benchmarks that can put the emulator in a child process.
 EMULATOR_PROCESS_CAPABLE = ("token_economy", "renewal_sweep")
 
