@@ -120,9 +120,20 @@ def test_a_chunked_result_without_content_length_is_read_too(
 ) -> None:
     shoptet_settings.result_content_length = False
     shoptet_settings.add_orders(snap_shop.eshop_id, 300, history_days=1)
+    declared: list[int | None] = []
+    real_chunks = download._chunks
 
-    complete(shoptet_settings, snap_shop)
+    def spy(response: Any, max_bytes: int, total: int | None, *args: Any) -> Any:
+        declared.append(total)
+        return real_chunks(response, max_bytes, total, *args)
 
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(download, "_chunks", spy)
+        complete(shoptet_settings, snap_shop)
+
+    # The result really came without a Content-Length (chunked), and was read whole.
+    assert declared
+    assert set(declared) == {None}
     assert mirrored_codes(snap_shop) == live_codes(shoptet_settings, snap_shop)
 
 
