@@ -16,6 +16,7 @@ import string
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -618,27 +619,23 @@ class EmulatorState:
         self, shop: EmulatedEshop, numbers: list[int]
     ) -> list[dict[str, Any]]:
         """Detail-shaped orders for ``numbers`` (live ones only), in that order."""
-        with self._lock:
-            catalog = shop.orders
-            return [
-                data.order_detail(
-                    shop,
-                    number,
-                    created=catalog.created(number),
-                    changed=catalog.changed(number),
-                    overlay=catalog.overlay.get(number),
-                )
-                for number in numbers
-                if catalog.is_live(number)
-            ]
+        return self._details(shop, shop.orders, data.order_detail, numbers)
 
     def product_details(
         self, shop: EmulatedEshop, numbers: list[int]
     ) -> list[dict[str, Any]]:
+        return self._details(shop, shop.products, data.product_detail, numbers)
+
+    def _details(
+        self,
+        shop: EmulatedEshop,
+        catalog: Catalog,
+        detail: Callable[..., dict[str, Any]],
+        numbers: list[int],
+    ) -> list[dict[str, Any]]:
         with self._lock:
-            catalog = shop.products
             return [
-                data.product_detail(
+                detail(
                     shop,
                     number,
                     created=catalog.created(number),

@@ -707,16 +707,10 @@ class Engine:
                 if line.number <= done_line:
                     continue
                 last_line = line.number
-                if line.data is None:
-                    self.state.record_item_error(
-                        f"line {line.number}", "line longer than SYNC_MAX_LINE_BYTES"
-                    )
+                parsed, item = self._item_of(line)
+                if not parsed:
                     continue
-                try:
-                    batch.append(json.loads(line.data))
-                except ValueError:
-                    self.state.record_item_error(f"line {line.number}", "not JSON")
-                    continue
+                batch.append(item)
                 if len(batch) >= STORE_BATCH:
                     flush()
                     if self.lost():
@@ -732,6 +726,19 @@ class Engine:
         flush()
         self._finish_full(clean=True)
         return Outcome.MORE  # the incremental catch-up runs next
+
+    def _item_of(self, line: download.Line) -> tuple[bool, Any]:
+        """(parsed, item) of one result line; a line that is no item is recorded as its error."""
+        if line.data is None:
+            self.state.record_item_error(
+                f"line {line.number}", "line longer than SYNC_MAX_LINE_BYTES"
+            )
+            return False, None
+        try:
+            return True, json.loads(line.data)
+        except ValueError:
+            self.state.record_item_error(f"line {line.number}", "not JSON")
+            return False, None
 
     # --- incremental: changed items through filtered snapshot jobs ---
 
@@ -771,15 +778,9 @@ class Engine:
             for line in download.stream_lines(
                 fetch["result_url"], shop_url=self.eshop.url
             ):
-                if line.data is None:
-                    self.state.record_item_error(
-                        f"line {line.number}", "line longer than SYNC_MAX_LINE_BYTES"
-                    )
-                    continue
-                try:
-                    items.append(json.loads(line.data))
-                except ValueError:
-                    self.state.record_item_error(f"line {line.number}", "not JSON")
+                parsed, item = self._item_of(line)
+                if parsed:
+                    items.append(item)
                 if len(items) > SNAPSHOT_FILTER_MAX:
                     raise download.DownloadError("result has more items than asked for")
         except download.DownloadError as exc:
