@@ -475,6 +475,8 @@ class ShoptetEmulator(EmulatorState):
         token = request.headers.get("Shoptet-Access-Token") if is_api else None
         ticket = self.enter_request(token)
         try:
+            if is_api:
+                self.wait_for_gathering()
             delay = self.latency_for(path)
             if delay > 0:
                 time.sleep(delay)  # outside the state lock: concurrent clients overlap

@@ -337,6 +337,7 @@ class EmulatorState:
         self._faults: list[FaultRule] = []
         self._latency: dict[str, float] = {}
         self._inflight: Counter[str | int] = Counter()
+        self._gathering: threading.Barrier | None = None
 
     def reset(self) -> None:
         """Forget every e-shop, code, token, knob and counter."""
@@ -368,6 +369,31 @@ class EmulatorState:
         with self._lock:
             matches = [prefix for prefix in self._latency if path.startswith(prefix)]
             return self._latency[max(matches, key=len)] if matches else 0.0
+
+    def gather_api_requests(self, count: int, timeout: float = 5.0) -> None:
+        """Hold the next ``count`` API requests until all of them are in flight.
+
+        Tests of the connection limit use it so their requests overlap on a loaded
+        machine, where a fixed latency cannot promise that.
+        """
+        with self._lock:
+            self._gathering = threading.Barrier(
+                count, action=self._end_gathering, timeout=timeout
+            )
+
+    def _end_gathering(self) -> None:
+        with self._lock:
+            self._gathering = None
+
+    def wait_for_gathering(self) -> None:
+        with self._lock:
+            barrier = self._gathering
+        if barrier is None:
+            return
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:  # fewer came: answer them anyway
+            self._end_gathering()
 
     def fail_next(
         self,

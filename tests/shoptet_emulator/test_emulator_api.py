@@ -328,7 +328,7 @@ def _concurrently(count: int, call) -> list[int]:
 
 def test_a_fourth_concurrent_request_on_one_token_is_429(emu_client, shoptet_emulator):
     eshop_id, token = emu_client.api_token()
-    shoptet_emulator.latency = 0.3
+    shoptet_emulator.gather_api_requests(4)
 
     def call() -> int:
         with requests.Session() as session:
@@ -353,7 +353,7 @@ def test_a_fourth_concurrent_request_on_one_token_is_429(emu_client, shoptet_emu
 
 def test_three_concurrent_requests_on_one_token_are_fine(emu_client, shoptet_emulator):
     _, token = emu_client.api_token()
-    shoptet_emulator.latency = 0.2
+    shoptet_emulator.gather_api_requests(3)
 
     def call() -> int:
         with requests.Session() as session:
