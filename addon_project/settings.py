@@ -138,6 +138,10 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         )
     }
 else:
+    # Persistent connections (one per web thread / worker process): a new PostgreSQL connection
+    # per request costs more than a webhook's whole work (bench/ingest.py). `?conn_max_age=0` in
+    # DATABASE_URL turns it off; the health check replaces a connection the server dropped.
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
     DATABASES["default"].setdefault("CONN_HEALTH_CHECKS", True)
     # A test database per test process: runs sharing one PostgreSQL must not drop each other's.
     DATABASES["default"]["TEST"] = {
@@ -303,6 +307,14 @@ SHOPTET_TOKEN_SWEEP_INTERVAL = env.float("SHOPTET_TOKEN_SWEEP_INTERVAL", default
 SHOPTET_TOKEN_ACTIVE_WINDOW = env.float("SHOPTET_TOKEN_ACTIVE_WINDOW", default=900.0)
 # Proactive renewals happen up to this many seconds before the margin, at random, to spread load.
 SHOPTET_TOKEN_RENEW_JITTER = env.float("SHOPTET_TOKEN_RENEW_JITTER", default=20.0)
+# The sweep queues shops due together as one task of at most RENEW_CHUNK shops; a worker process
+# renews a chunk RENEW_THREADS at a time (renewals wait on Shoptet, not on CPU).
+SHOPTET_TOKEN_RENEW_CHUNK = env.int("SHOPTET_TOKEN_RENEW_CHUNK", default=100)
+SHOPTET_TOKEN_RENEW_THREADS = env.int("SHOPTET_TOKEN_RENEW_THREADS", default=16)
+if SHOPTET_TOKEN_RENEW_CHUNK < 1 or SHOPTET_TOKEN_RENEW_THREADS < 1:
+    raise ImproperlyConfigured(
+        "SHOPTET_TOKEN_RENEW_CHUNK and SHOPTET_TOKEN_RENEW_THREADS must be at least 1"
+    )
 
 # API client (shoptet_api/client.py).
 SHOPTET_MAX_IN_FLIGHT = env.int("SHOPTET_MAX_IN_FLIGHT", default=3)

@@ -3,13 +3,19 @@
 
 from __future__ import annotations
 
+import collections
+import contextvars
 import datetime as dt
 import logging
+import os
 import random
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from celery import Task, shared_task
+from django import db
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -106,10 +112,12 @@ def complete_pending_installs() -> int:
 
 @shared_task(name="shoptet_api.renew_expiring_tokens")
 def renew_expiring_tokens() -> int:
-    """Beat entry point: schedule a renewal for every recently active e-shop whose token is due.
+    """Beat entry point: queue the renewal of every recently active e-shop whose token is due.
 
     Each renewal is timed for just before its token's margin, minus a random jitter, so tokens
     that expire together (10,000 shops installed at once) do not all renew in the same second.
+    Shops due at about the same moment go out together as one `renew_token_chunk` (at most
+    SHOPTET_TOKEN_RENEW_CHUNK shops): a hundred broker messages for 10,000 shops, not 10,000.
     Idle e-shops are skipped: they get a token on demand, so idle shops cost no calls.
     """
     now = time.time()
@@ -117,7 +125,7 @@ def renew_expiring_tokens() -> int:
     recent = tokens.recently_active_eshop_ids(
         since=now - settings.SHOPTET_TOKEN_ACTIVE_WINDOW
     )
-    scheduled = 0
+    due: list[tuple[int, float]] = []
     for start in range(0, len(recent), 1000):
         chunk = recent[start : start + 1000]
         active = set(
@@ -125,17 +133,101 @@ def renew_expiring_tokens() -> int:
             .filter(eshop_id__in=chunk)
             .values_list("eshop_id", flat=True)
         )
-        for eshop_id, due_in in tokens.renewal_due(
-            sorted(active), now=now, horizon=interval * 1.5
-        ):
-            renew_api_token.apply_async((eshop_id,), countdown=due_in)
-            scheduled += 1
+        due += tokens.renewal_due(sorted(active), now=now, horizon=interval * 1.5)
+    chunks = tokens.renewal_chunks(due, size=settings.SHOPTET_TOKEN_RENEW_CHUNK)
+    for eshop_ids, countdown in chunks:
+        renew_token_chunk.apply_async((eshop_ids,), countdown=countdown)
     logger.info(
-        "token sweep: %s recently active e-shops, %s renewals scheduled",
+        "token sweep: %s recently active e-shops, %s renewals scheduled in %s chunks",
         len(recent),
-        scheduled,
+        len(due),
+        len(chunks),
     )
-    return scheduled
+    return len(due)
+
+
+@shared_task(name="shoptet_api.renew_token_chunk")
+def renew_token_chunk(eshop_ids: list[int]) -> dict[str, int]:
+    """Renew ahead the tokens of one chunk of e-shops queued by the sweep; outcome counts.
+
+    One query loads the tenants that may still call the API (those paused, suspended or
+    uninstalled since the sweep are skipped). A renewal mostly waits for Shoptet, so up to
+    SHOPTET_TOKEN_RENEW_THREADS run at once: a few worker processes keep ~50 renewals in flight.
+    One shop's failure never stops the others (see `_renew_in_chunk`).
+    """
+    eshops = list(
+        Eshop.objects.active().filter(
+            eshop_id__in=eshop_ids, processing_paused_at__isnull=True
+        )
+    )
+    outcomes: collections.Counter[str] = collections.Counter()
+    skipped = len(set(eshop_ids)) - len(eshops)
+    if skipped:
+        outcomes["skipped"] = skipped
+    pool = _renewal_pool()
+    # Each shop runs in a copy of this task's log context (task name and id), plus its eshop_id.
+    futures = [
+        pool.submit(contextvars.copy_context().run, _renew_in_chunk, eshop)
+        for eshop in eshops
+    ]
+    for future in futures:
+        outcomes[future.result()] += 1
+    logger.info(
+        "token chunk: %s",
+        ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())),
+    )
+    return dict(outcomes)
+
+
+def _renew_in_chunk(eshop: Eshop) -> str:
+    """Renew one shop of a chunk and say how it went; never raises.
+
+    Errors are handled as `EshopTask.for_eshop` handles them for `renew_api_token`: a permanent
+    verdict (the tenant's status has already changed) stops quietly; a retryable error schedules
+    `renew_api_token` for this shop alone, with the same backoff; anything else is logged.
+    """
+    logging_context.bind(eshop_id=eshop.eshop_id)
+    try:
+        return "renewed" if tokens.renew_ahead(eshop) else "fresh"
+    except (AddonNotInstalled, AddonSuspended, ProcessingPaused) as exc:
+        logger.warning("eshop_id=%s: %s; not retried", eshop.eshop_id, exc)
+        return "stopped"
+    except ShoptetAPIError as exc:
+        if not exc.retryable:
+            logger.error("eshop_id=%s: token renewal failed: %s", eshop.eshop_id, exc)
+            return "failed"
+        countdown = retry.task_countdown(exc, 0)
+        renew_api_token.apply_async((eshop.eshop_id,), countdown=countdown)
+        logger.info(
+            "eshop_id=%s: %s; retried alone in %.0f s", eshop.eshop_id, exc, countdown
+        )
+        return "retrying"
+    except Exception:
+        logger.exception("eshop_id=%s: token renewal failed", eshop.eshop_id)
+        return "failed"
+    finally:
+        # A verdict writes the tenant row from this pool thread: close that connection now, or
+        # it outlives the task in a thread Django never cleans up after.
+        db.connection.close()
+
+
+_pool: ThreadPoolExecutor | None = None
+_pool_pid = 0
+_pool_lock = threading.Lock()
+
+
+def _renewal_pool() -> ThreadPoolExecutor:
+    """This process's renewal threads. They outlive a chunk so that each keeps its pooled HTTP
+    connection to Shoptet (sessions are per thread); a forked worker child makes its own."""
+    global _pool, _pool_pid
+    with _pool_lock:
+        if _pool is None or _pool_pid != os.getpid():
+            _pool = ThreadPoolExecutor(
+                max_workers=settings.SHOPTET_TOKEN_RENEW_THREADS,
+                thread_name_prefix="token-renewal",
+            )
+            _pool_pid = os.getpid()
+        return _pool
 
 
 @shared_task(bind=True, base=EshopTask, name="shoptet_api.renew_api_token")

@@ -40,6 +40,7 @@ from shoptet_api.tokens.renewal import (
 from shoptet_api.tokens.schedule import (
     recently_active_eshop_ids,
     renew_ahead,
+    renewal_chunks,
     renewal_due,
 )
 from shoptet_api.tokens.store import (
@@ -72,6 +73,7 @@ __all__ = [
     "renew_if_expiring",
     "renew_lock_key",
     "renew_margin",
+    "renewal_chunks",
     "renewal_due",
     "renewal_failures",
     "token_activity_key",

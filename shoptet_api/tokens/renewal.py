@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import math
 import random
 import threading
 import time
@@ -83,32 +84,34 @@ def get_api_access_token(eshop: Eshop) -> Secret:
 
 
 def renew_if_expiring(eshop: Eshop, *, within: float) -> bool:
-    """Renew the shared token if it expires within `within` seconds (proactive renewal, or an
-    operator's "renew now" with a huge `within`). True if a token minted after this call began is
-    now stored; concurrent calls still mint only one."""
-    r = get_redis()
+    """Renew the shared token if it would be inside its renewal margin `within` seconds from now
+    (proactive renewal, or an operator's "renew now" with a huge `within`). True if a token minted
+    after this call began is now stored; concurrent calls still mint only one.
+
+    The lock is tried first, reading the token in the same round trip: callers ask when a renewal
+    is due, so a separate read before it would only cost a round trip and a decryption.
+    """
     started = time.time()
-    stored = store.read_stored(r, eshop.eshop_id)
-    if stored and stored.expires_at - started > within:
-        return False
-    renewed = _renew_shared(r, eshop, need=Need(left=within, since=started))
+    renewed = _renew_shared(get_redis(), eshop, need=Need(ahead=within, since=started))
     return renewed.expires_at - renewed.lifetime >= started
 
 
 @dataclasses.dataclass(frozen=True)
 class Need:
-    """What a renewal must deliver. Default: a usable token (the request path). With `left`: a
-    token with more than `left` seconds to live, or one minted after `since` (another process
-    renewed it meanwhile, which satisfies a proactive or forced renewal just as well)."""
+    """What a renewal must deliver: a token still usable `ahead` seconds from now (0: the request
+    path), or one minted after `since` (another process renewed it meanwhile, which satisfies a
+    proactive or forced renewal just as well)."""
 
-    left: float | None = None
-    since: float = 0.0
+    ahead: float = 0.0
+    since: float = math.inf
+
+    @property
+    def proactive(self) -> bool:
+        return self.since < math.inf
 
     def met_by(self, stored: store.CachedToken, now: float) -> bool:
-        if self.left is None:
-            return stored.usable(now)
         return (
-            stored.expires_at - now > self.left
+            stored.usable(now + self.ahead)
             or stored.expires_at - stored.lifetime >= self.since
         )
 
@@ -122,19 +125,23 @@ def _renew_shared(
     lock_ttl_ms = int(settings.SHOPTET_TOKEN_LOCK_TTL * 1000)
     deadline = time.monotonic() + settings.SHOPTET_TOKEN_WAIT_TIMEOUT
     delay = 0.01
+    waited = False
     while True:
-        if r.set(renew_lock_key(eshop_id), owner, nx=True, px=lock_ttl_ms):
+        acquired, stored = store.lock_and_read(
+            r, eshop_id, owner=owner, ttl_ms=lock_ttl_ms
+        )
+        if acquired:
+            lock = _HeldLock(eshop_id, owner)
             try:
-                return _renew_holding_lock(r, eshop, need=need)
+                return _renew_holding_lock(r, eshop, stored, lock=lock, need=need)
             finally:
-                _release_renew_lock(r, eshop_id, owner)
-        # Another process is minting: wait and re-read, never mint alongside it.
-        sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
-        delay = min(delay * 1.5, 0.1)
-        stored = store.read_stored(r, eshop_id)
+                if not lock.released:
+                    _release_renew_lock(r, eshop_id, owner)
+        # Another process is minting: use what it stored, or wait and re-read; never mint alongside it.
         now = time.time()
         if stored is not None and need.met_by(stored, now):
-            metrics.observe_token_wait("renewed")
+            if waited:
+                metrics.observe_token_wait("renewed")
             store.remember(eshop_id, stored)
             return stored
         if time.monotonic() > deadline:
@@ -147,6 +154,18 @@ def _renew_shared(
                 f"waited {settings.SHOPTET_TOKEN_WAIT_TIMEOUT:g} s for another process to renew the API token",
                 endpoint="GET oauth/getAccessToken",
             )
+        sleep(delay + random.uniform(0, delay))  # noqa: S311 (jitter, not security)
+        delay = min(delay * 1.5, 0.1)
+        waited = True
+
+
+@dataclasses.dataclass
+class _HeldLock:
+    """Our renewal lock; `released` once the store script has released it with the token."""
+
+    eshop_id: int
+    owner: str
+    released: bool = False
 
 
 def _release_renew_lock(r: redis.Redis, eshop_id: int, owner: str) -> None:
@@ -165,11 +184,16 @@ def _release_renew_lock(r: redis.Redis, eshop_id: int, owner: str) -> None:
 
 @sensitive_variables("minted")
 def _renew_holding_lock(
-    r: redis.Redis, eshop: Eshop, *, need: Need
+    r: redis.Redis,
+    eshop: Eshop,
+    stored: store.CachedToken | None,
+    *,
+    lock: _HeldLock,
+    need: Need,
 ) -> store.CachedToken:
+    """Mint under our lock, unless `stored` (read after the lock was taken) already meets `need`."""
     eshop_id = eshop.eshop_id
     # Someone may have renewed between our read and our lock (the "already renewed" double-check).
-    stored = store.read_stored(r, eshop_id)
     now = time.time()
     if stored is not None and need.met_by(stored, now):
         store.remember(eshop_id, stored)
@@ -215,7 +239,7 @@ def _renew_holding_lock(
                 store.remember(eshop_id, stored)
                 return stored
         raise
-    metrics.observe_token_mint("request" if need.left is None else "ahead")
+    metrics.observe_token_mint("ahead" if need.proactive else "request")
     cached = store.CachedToken(
         token=minted.access_token,
         expires_at=started + minted.expires_in,
@@ -229,6 +253,7 @@ def _renew_holding_lock(
                 token_key(eshop_id),
                 issued_key(eshop_id),
                 health_key(eshop_id),
+                renew_lock_key(eshop_id),
             ],
             args=[
                 pending,
@@ -239,9 +264,11 @@ def _renew_holding_lock(
                 minted.expires_in,
                 oauth_fp,
                 time.time(),
+                lock.owner,
             ],
             client=r,
         )
+        lock.released = True
     except redis.RedisError as exc:
         # Redis failed after Shoptet minted: use the token from memory rather than letting the
         # caller's Redis fallback mint another one, and count it against the cap once Redis is back.

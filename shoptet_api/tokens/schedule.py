@@ -17,6 +17,9 @@ from addon_project.redis_keys import token_activity_key, token_key
 from shoptet_api.tokens import store
 from shoptet_api.tokens.renewal import renew_if_expiring
 
+# Seconds a proactive renewal may run before its shop's own due moment and still renew it.
+RENEW_AHEAD_SLACK = 5.0
+
 if TYPE_CHECKING:
     from eshops.models import Eshop
 
@@ -57,15 +60,31 @@ def renewal_due(
     return due
 
 
+def renewal_chunks(
+    due: list[tuple[int, float]], *, size: int, window: float = RENEW_AHEAD_SLACK
+) -> list[tuple[list[int], float]]:
+    """Group `renewal_due`'s (e-shop id, seconds from now) into (ids, countdown) chunks.
+
+    A chunk holds at most `size` shops whose due times lie within `window` seconds of its earliest
+    one, and runs at that earliest time: no shop is renewed more than `window` seconds before its
+    own (jittered) moment, so the spreading of `renewal_due` holds and `renew_ahead` still finds
+    every shop of the chunk due.
+    """
+    chunks: list[tuple[list[int], float]] = []
+    for eshop_id, due_in in sorted(due, key=lambda item: item[1]):
+        if chunks:
+            ids, countdown = chunks[-1]
+            if len(ids) < size and due_in - countdown <= window:
+                ids.append(eshop_id)
+                continue
+        chunks.append(([eshop_id], due_in))
+    return chunks
+
+
 def renew_ahead(eshop: Eshop) -> bool:
-    """The proactive renewal of one e-shop: renew if its token is inside the margin plus jitter."""
-    stored = store.read_stored(get_redis(), eshop.eshop_id)
-    lifetime = (
-        stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
-    )
+    """The proactive renewal of one e-shop: renew if its token is inside the margin plus jitter
+    (and a few seconds of slack, see `renewal_chunks`)."""
     return renew_if_expiring(
         eshop,
-        within=store.renew_margin(lifetime)
-        + float(settings.SHOPTET_TOKEN_RENEW_JITTER)
-        + 5,
+        within=float(settings.SHOPTET_TOKEN_RENEW_JITTER) + RENEW_AHEAD_SLACK,
     )

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import redis
 from django.conf import settings
@@ -22,6 +22,7 @@ from addon_project.redis_client import get_redis, lua
 from addon_project.redis_keys import (
     health_key,
     issued_key,
+    renew_lock_key,
     token_activity_key,
     token_key,
 )
@@ -92,9 +93,10 @@ return longest
 )
 
 
-# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash; ARGV: pending reservation, issued
-# member, encrypted token, fingerprint, expiry (the minting host's epoch, for readers), lifetime,
-# OAuth fingerprint, renewal time. Replaces the reservation by the token and stores it, atomically.
+# KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash, KEYS[4] renewal lock; ARGV: pending
+# reservation, issued member, encrypted token, fingerprint, expiry (the minting host's epoch, for
+# readers), lifetime, OAuth fingerprint, renewal time, lock owner. Replaces the reservation by the
+# token, stores it and releases the lock if we still own it, atomically and in one round trip.
 STORE_TOKEN = (
     _REDIS_NOW
     + _EXTEND_TTL
@@ -106,6 +108,7 @@ extend(KEYS[2], math.ceil(life * 1000) + 60000)
 redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
 redis.call('HSET', KEYS[3], 'renewed_at', ARGV[8], 'failures', 0)
+if redis.call('GET', KEYS[4]) == ARGV[9] then redis.call('DEL', KEYS[4]) end
 return 1
 """
 )
@@ -249,8 +252,30 @@ def record_unrecorded(r: redis.Redis, eshop_id: int) -> None:
     )
 
 
+_STORED_FIELDS = ("ct", "exp", "life", "ofp")
+
+
 def read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
-    fields = r.hmget(token_key(eshop_id), ["ct", "exp", "life", "ofp"])
+    """The e-shop's current token from Redis (decrypted), or None."""
+    return _decoded(r, eshop_id, r.hmget(token_key(eshop_id), _STORED_FIELDS))
+
+
+def lock_and_read(
+    r: redis.Redis, eshop_id: int, *, owner: str, ttl_ms: int
+) -> tuple[bool, CachedToken | None]:
+    """Try the renewal lock (`SET NX PX`) and read the current token, in one round trip.
+
+    Redis runs the read after the lock attempt: a holder sees any renewal that finished before
+    it got the lock (the "already renewed" double-check); a loser sees what it may use meanwhile.
+    """
+    pipe = r.pipeline(transaction=False)
+    pipe.set(renew_lock_key(eshop_id), owner, nx=True, px=ttl_ms)
+    pipe.hmget(token_key(eshop_id), _STORED_FIELDS)
+    acquired, fields = pipe.execute()
+    return bool(acquired), _decoded(r, eshop_id, fields)
+
+
+def _decoded(r: redis.Redis, eshop_id: int, fields: list[Any]) -> CachedToken | None:
     if not fields[0] or not fields[1]:
         return None
     try:

@@ -89,15 +89,16 @@ def test_sweep_renews_only_recently_active_tenants_whose_token_is_due(
     tokens.get_api_access_token(due)
 
     with mock.patch.object(
-        tasks.renew_api_token, "apply_async", autospec=True
+        tasks.renew_token_chunk, "apply_async", autospec=True
     ) as schedule:
         scheduled = tasks.renew_expiring_tokens.apply().get()
 
     assert scheduled == 1
     (args,), kwargs = schedule.call_args
-    assert args == (due.eshop_id,)
+    assert args == ([due.eshop_id],)
     assert 0 <= kwargs["countdown"] <= 30
-    assert idle.eshop_id not in {call.args[0][0] for call in schedule.call_args_list}
+    queued = {i for call in schedule.call_args_list for i in call.args[0][0]}
+    assert idle.eshop_id not in queued
 
 
 def test_proactive_renewal_replaces_a_token_inside_the_margin(
