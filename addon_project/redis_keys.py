@@ -43,6 +43,12 @@ def health_key(eshop_id: int) -> str:
     return f"{_eshop(eshop_id)}:health"
 
 
+def token_failing_key() -> str:
+    """Sorted set of e-shop ids whose latest renewals failed, scored by failures in a row: the
+    dashboard's candidates (a recovered tenant is dropped when the dashboard reads it)."""
+    return f"{_prefix()}:token-failing"
+
+
 def token_activity_key() -> str:
     """Sorted set of e-shop ids scored by their last API use: proactive renewal covers only these."""
     return f"{_prefix()}:token-activity"

@@ -27,7 +27,7 @@ from django.utils import timezone
 from addon_project import activity
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
-from addon_project.redis_keys import health_key, heartbeat_key
+from addon_project.redis_keys import heartbeat_key
 from eshops.charts import Series, hourly_chart
 from eshops.models import Eshop, EshopTransition, OperatorAction
 from eshops.tasks import HEARTBEAT_STALE_AFTER
@@ -295,34 +295,24 @@ def activity_charts(*, now: dt.datetime) -> list[Chart] | None:
 
 
 def tenants_with_token_failures() -> list[TokenTrouble] | None:
-    """Tenants whose latest API-token renewals failed, most failures first; None if Redis is down."""
-    eshop_ids = list(
-        Eshop.objects.exclude(status=Eshop.Status.UNINSTALLED).values_list(
-            "eshop_id", flat=True
-        )
-    )
+    """Tenants whose latest API-token renewals failed, most failures first; None if Redis is down.
+
+    Read from the failing set that each failure updates (two Redis round trips), not by asking
+    every tenant. An uninstalled tenant's health is forgotten, so it is not listed."""
     try:
-        failing = list(tokens.renewal_failures(eshop_ids).items())
-        failing.sort(key=lambda pair: (-pair[1], pair[0]))
-        failing = failing[:LIST_LIMIT]
-        pipe = get_redis().pipeline(transaction=False)
-        for eshop_id, _ in failing:
-            pipe.hmget(health_key(eshop_id), ["last_error", "last_error_at"])
-        details = pipe.execute() if failing else []
+        failing = tokens.renewal_failures(limit=LIST_LIMIT)
     except redis.RedisError:
         return None
     return [
         TokenTrouble(
-            eshop_id=eshop_id,
-            failures=failures,
-            last_error=last_error.decode() if last_error else "",
-            last_error_at=dt.datetime.fromtimestamp(float(error_at), tz=dt.UTC)
-            if error_at
+            eshop_id=item.eshop_id,
+            failures=item.failures,
+            last_error=item.last_error,
+            last_error_at=dt.datetime.fromtimestamp(item.last_error_at, tz=dt.UTC)
+            if item.last_error_at is not None
             else None,
         )
-        for (eshop_id, failures), (last_error, error_at) in zip(
-            failing, details, strict=True
-        )
+        for item in failing
     ]
 
 

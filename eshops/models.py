@@ -133,6 +133,20 @@ class Eshop(models.Model):
     class Meta:
         ordering = ["eshop_id"]
         verbose_name = "e-shop"
+        # Partial indexes for the few rows the sweeps, the dashboard and the list filters look
+        # for, so none of them reads every tenant.
+        indexes = [
+            models.Index(
+                fields=["last_installed_at"],
+                condition=~SETUP_DONE,
+                name="eshop_setup_pending_idx",
+            ),
+            models.Index(
+                fields=["eshop_id"],
+                condition=~models.Q(missing_rights={}),
+                name="eshop_missing_rights_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"e-shop {self.eshop_id}" + (f" ({self.name})" if self.name else "")
@@ -415,6 +429,12 @@ class EshopTransition(models.Model):
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # The dashboard's newest moves, without sorting every tenant's history.
+        indexes = [
+            models.Index(
+                fields=["-created_at", "-id"], name="eshoptransition_recent_idx"
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.from_status or 'new'} -> {self.to_status} ({self.source})"

@@ -63,7 +63,13 @@ class WebhookEvent(models.Model):
 
     class Meta:
         ordering = ["-received_at", "-id"]
-        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"]),
+            # A tenant's latest events (its admin page, the settings page's last webhook).
+            models.Index(
+                fields=["eshop", "-received_at"], name="webhookevent_eshop_recent_idx"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.event} {self.event_instance[:40]} (e-shop {self.eshop_id})"

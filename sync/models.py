@@ -110,6 +110,14 @@ class SyncState(models.Model):
         ]
         ordering = ["eshop_id", "resource"]
         verbose_name = "sync state"
+        # sync.sweep_jobs looks only at runs waiting for a snapshot job.
+        indexes = [
+            models.Index(
+                fields=["updated_at"],
+                condition=models.Q(phase="snapshot"),
+                name="syncstate_snapshot_idx",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.resource} of e-shop {self.eshop_id}: {self.phase}"

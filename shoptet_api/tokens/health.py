@@ -4,17 +4,30 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from addon_project.redis_client import get_redis
-from addon_project.redis_keys import health_key, issued_key, token_key
+from addon_project.redis_keys import (
+    health_key,
+    issued_key,
+    token_failing_key,
+    token_key,
+)
 from shoptet_api.tokens.store import token_cap
+
+# A failure record outlives the token by this much, then costs nothing (an idle tenant's too).
+FAILURE_TTL_SECONDS = 7 * 86_400
 
 
 def note_failure(r: redis.Redis, eshop_id: int, exc: BaseException) -> None:
-    """Count a failed renewal and keep its error (for operators; never raises)."""
+    """Count a failed renewal and keep its error (for operators; never raises).
+
+    The tenant also enters the failing set (scored by failures in a row), so the dashboard
+    finds failing tenants without reading every tenant's health."""
     with contextlib.suppress(redis.RedisError):
         pipe = r.pipeline(transaction=False)
         pipe.hincrby(health_key(eshop_id), "failures", 1)
@@ -26,19 +39,37 @@ def note_failure(r: redis.Redis, eshop_id: int, exc: BaseException) -> None:
                 "last_error_at": time.time(),
             },
         )
+        pipe.expire(health_key(eshop_id), FAILURE_TTL_SECONDS)
+        failures = pipe.execute()[0]
+        pipe = r.pipeline(transaction=False)
+        pipe.zadd(token_failing_key(), {str(eshop_id): failures})
+        # Refreshed by every failure: once nothing fails for a week the set is gone.
+        pipe.expire(token_failing_key(), FAILURE_TTL_SECONDS)
         pipe.execute()
 
 
 def token_health(eshop_id: int) -> dict[str, Any]:
     """What operators see: seconds until the shared token expires, valid tokens counted against
     the cap, the last renewal and consecutive renewal failures. Values are None when unknown."""
-    r = get_redis()
+    return token_health_many([eshop_id])[eshop_id]
+
+
+def token_health_many(eshop_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
+    """`token_health` of several e-shops (a page of the tenant list) in one Redis round trip."""
     now = time.time()
-    pipe = r.pipeline(transaction=False)
-    pipe.hget(token_key(eshop_id), "exp")
-    pipe.zcount(issued_key(eshop_id), now, "+inf")
-    pipe.hgetall(health_key(eshop_id))
-    exp, valid, health = pipe.execute()
+    pipe = get_redis().pipeline(transaction=False)
+    for eshop_id in eshop_ids:
+        pipe.hget(token_key(eshop_id), "exp")
+        pipe.zcount(issued_key(eshop_id), now, "+inf")
+        pipe.hgetall(health_key(eshop_id))
+    answers = pipe.execute() if eshop_ids else []
+    return {
+        eshop_id: _health(now, *answers[3 * i : 3 * i + 3])
+        for i, eshop_id in enumerate(eshop_ids)
+    }
+
+
+def _health(now: float, exp: Any, valid: Any, health: dict[Any, Any]) -> dict[str, Any]:
     fields = {
         (k.decode() if isinstance(k, bytes) else k): (
             v.decode() if isinstance(v, bytes) else v
@@ -58,19 +89,51 @@ def token_health(eshop_id: int) -> dict[str, Any]:
     }
 
 
-def renewal_failures(eshop_ids: list[int], *, batch: int = 500) -> dict[int, int]:
-    """Consecutive renewal failures of the given e-shops, only those with at least one."""
+@dataclass(frozen=True)
+class RenewalFailure:
+    eshop_id: int
+    failures: int
+    last_error: str
+    last_error_at: float | None
+
+
+def renewal_failures(*, limit: int) -> list[RenewalFailure]:
+    """Up to `limit` tenants whose latest renewals failed, most failures in a row first.
+
+    Reads the failing set's top entries and their health in two round trips, whatever the
+    number of tenants. An entry whose tenant has recovered (a renewal reset its failures) or was
+    forgotten (uninstalled) is removed here, so the set holds only tenants failing now.
+    """
     r = get_redis()
-    failing: dict[int, int] = {}
-    for start in range(0, len(eshop_ids), batch):
-        chunk = eshop_ids[start : start + batch]
-        pipe = r.pipeline(transaction=False)
-        for eshop_id in chunk:
-            pipe.hget(health_key(eshop_id), "failures")
-        for eshop_id, failures in zip(chunk, pipe.execute(), strict=True):
-            if failures and int(failures) > 0:
-                failing[eshop_id] = int(failures)
-    return failing
+    candidates = [
+        int(str(member, "ascii") if isinstance(member, bytes) else str(member))
+        for member in r.zrevrange(token_failing_key(), 0, 2 * limit - 1)
+    ]
+    if not candidates:
+        return []
+    pipe = r.pipeline(transaction=False)
+    for eshop_id in candidates:
+        pipe.hmget(health_key(eshop_id), ["failures", "last_error", "last_error_at"])
+    failing: list[RenewalFailure] = []
+    recovered: list[int] = []
+    for eshop_id, (failures, error, error_at) in zip(
+        candidates, pipe.execute(), strict=True
+    ):
+        if not failures or int(failures) <= 0:
+            recovered.append(eshop_id)
+            continue
+        failing.append(
+            RenewalFailure(
+                eshop_id=eshop_id,
+                failures=int(failures),
+                last_error=error.decode() if error else "",
+                last_error_at=float(error_at) if error_at else None,
+            )
+        )
+    if recovered:
+        r.zrem(token_failing_key(), *map(str, recovered))
+    failing.sort(key=lambda item: (-item.failures, item.eshop_id))
+    return failing[:limit]
 
 
 def consecutive_failures(eshop_id: int) -> int:

@@ -3,17 +3,13 @@ the number of tenants, and a failure feed that forgets what was undone."""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 from unittest import mock
 
 import pytest
-import redis
-from django.db import connection
 from django.test import Client
-from django.test.utils import CaptureQueriesContext
 
 from addon_project import activity
 from addon_project.celery import app as celery_app
@@ -23,6 +19,8 @@ from eshops import dashboard
 from eshops.models import Eshop
 from eshops.tasks import HEARTBEAT_STALE_AFTER, beat_heartbeat
 from shoptet_api import tokens
+from shoptet_api.tokens import health
+from tests.page_cost import page_cost
 
 pytestmark = pytest.mark.django_db
 
@@ -167,47 +165,17 @@ def make_tenants(eshop_factory: Callable[..., Eshop], n: int) -> None:
         eshop = eshop_factory(
             missing_rights={"GET /api/orders": "2026-11-30T04:15:09+00:00"}
         )
-        pipe.hset(
-            tokens.health_key(eshop.eshop_id),
-            mapping={
-                "failures": i + 1,
-                "last_error": "ShoptetServerError: 500",
-                "last_error_at": time.time(),
-            },
-        )
+        # A failed renewal as the broker records it, then as many in a row as the test wants.
+        health.note_failure(get_redis(), eshop.eshop_id, RuntimeError("500"))
+        pipe.hset(tokens.health_key(eshop.eshop_id), "failures", i + 1)
         eshop.transition(Eshop.Status.SUSPENDED, reason="t", source="webhook")
         eshop.transition(Eshop.Status.ACTIVE, reason="t", source="webhook")
     pipe.execute()
 
 
 def cost_of_dashboard(client: Client) -> tuple[int, int]:
-    """(SQL queries, Redis round trips) of one dashboard page.
-
-    Only this thread's Redis calls count: a background thread left by another test (a lease
-    renewer, a worker) may talk to Redis meanwhile, and that is not the page's cost.
-    """
-    round_trips = 0
-    page_thread = threading.get_ident()
-    real_execute_command: Callable[..., Any] = redis.Redis.execute_command
-    real_pipeline_execute = redis.client.Pipeline.execute
-
-    def command(self: redis.Redis, *args: Any, **kwargs: Any) -> Any:
-        nonlocal round_trips
-        round_trips += threading.get_ident() == page_thread
-        return real_execute_command(self, *args, **kwargs)
-
-    def pipeline(self: redis.client.Pipeline, *args: Any, **kwargs: Any) -> Any:
-        nonlocal round_trips
-        round_trips += threading.get_ident() == page_thread
-        return real_pipeline_execute(self, *args, **kwargs)
-
-    with (
-        CaptureQueriesContext(connection) as queries,
-        mock.patch.object(redis.Redis, "execute_command", command),
-        mock.patch.object(redis.client.Pipeline, "execute", pipeline),
-    ):
-        assert client.get(URL).status_code == 200
-    return len(queries), round_trips
+    """(SQL queries, Redis round trips) of one dashboard page."""
+    return page_cost(client, URL)
 
 
 def test_dashboard_cost_does_not_grow_with_the_number_of_tenants(
