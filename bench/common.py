@@ -115,6 +115,10 @@ class EmulatorHost:
     def set_latency(self, seconds: float, path_prefix: str = "/") -> None:
         self.emulator.set_latency(seconds, path_prefix)
 
+    def set_request_cost(self, drops: int) -> None:
+        """Drops each API request adds to the leaky bucket (0: no pacing, no 429s)."""
+        self.emulator.request_cost = drops
+
     def mint(self, oauth_token: str) -> tuple[str | None, int, str | None]:
         """`getAccessToken` without HTTP: (token, expires_in, error)."""
         minted = self.emulator.mint_api_token(oauth_token)

@@ -109,7 +109,10 @@ class _Watchdog:
                     target=self._run, name="shoptet-deadlines", daemon=True
                 )
                 self._thread.start()
-            self._cond.notify()
+            if self._heap[0][2] is guard:
+                # Wake the thread only if it must wake earlier than it planned: waking it for
+                # every call would cost each call a thread switch.
+                self._cond.notify()
 
     def _run(self) -> None:
         while True:

@@ -57,23 +57,55 @@ def parse_id(value: object) -> int | None:
 def load_json(raw: bytes | str, *, max_depth: int = MAX_JSON_DEPTH) -> Any:
     """Parse JSON nested at most `max_depth` levels (a Shoptet answer, a webhook body).
 
-    The depth is checked before parsing, by one linear scan that never recurses, so a hostile
-    body costs its length and nothing more. JSONTooDeep if it nests deeper, ResponseShapeError if
-    it is not JSON. Bytes are decoded as `json.loads` would (UTF-8, -16 or -32).
+    JSONTooDeep if it nests deeper, ResponseShapeError if it is not JSON (when it is both, the
+    depth is reported). Bytes are decoded as `json.loads` would (UTF-8, -16 or -32). A hostile
+    body costs its length and nothing more: the C parser's recursion guard stops absurd nesting,
+    and the depth of what it returns is then checked level by level, without recursion.
     """
     if isinstance(raw, bytes | bytearray):
         try:
             raw = raw.decode(json.detect_encoding(raw), "surrogatepass")
         except UnicodeDecodeError:
             raise ResponseShapeError("not JSON") from None
-    if _nesting_exceeds(raw, max_depth):
-        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    if raw.count("[") + raw.count("{") <= max_depth:
+        # Too few brackets to nest too deeply (most answers): nothing to check.
+        return _parse(raw)
     try:
-        return json.loads(raw)
+        value = _parse(raw)
+    except JSONTooDeep:
+        raise
+    except ResponseShapeError:
+        if _nesting_exceeds(raw, max_depth):
+            raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels") from None
+        raise
+    if _depth_exceeds(value, max_depth):
+        raise JSONTooDeep(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _parse(text: str) -> Any:
+    try:
+        return json.loads(text)
     except RecursionError:
         raise JSONTooDeep("JSON nested too deeply") from None
     except ValueError:
         raise ResponseShapeError("not JSON") from None
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether parsed JSON nests deeper than `limit`, walked one level at a time (no recursion)."""
+    level = [value] if isinstance(value, dict | list) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        below: list[Any] = []
+        for container in level:
+            items = container.values() if isinstance(container, dict) else container
+            below.extend([item for item in items if isinstance(item, dict | list)])
+        level = below
+    return False
 
 
 def _nesting_exceeds(text: str, limit: int) -> bool:

@@ -15,6 +15,7 @@ from unittest import mock
 import pytest
 import requests
 
+from addon_project import activity
 from eshops.models import Eshop
 from oauth import services
 from shoptet_api import client as client_module
@@ -849,3 +850,19 @@ def test_a_long_lived_client_notices_a_suspension_made_elsewhere(
         client.get("/api/eshop")
 
     assert shoptet_settings.stats.api_requests[installed_eshop.eshop_id] == 1
+
+
+def test_an_api_call_costs_one_redis_round_trip_once_the_token_is_in_memory(
+    api: ShoptetClient, round_trips: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.get("/api/eshop")  # mints the token, loads the scripts, notes the activity
+    # Activity notes and counter flushes are periodic, not per call: keep them out of the count.
+    monkeypatch.setattr(tokens.store, "ACTIVITY_NOTE_INTERVAL", 1e9)
+    monkeypatch.setattr(activity, "_next_flush", float("inf"))
+    round_trips.clear()
+
+    for _ in range(10):
+        api.get("/api/eshop")
+
+    # The in-flight lease: one script call each, its return riding along with the next one.
+    assert round_trips == ["EVALSHA"] * 10

@@ -12,6 +12,7 @@ from addon_project import redis_keys
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth import services
+from shoptet_api import limiter
 from shoptet_api.client import ShoptetClient
 from shoptet_api.errors import (
     ShoptetConnectionError,
@@ -106,6 +107,8 @@ def test_a_patch_is_sent_and_its_answer_returned(
 
 
 def leases_held(eshop: Eshop) -> int:
+    """Leases in Redis once this process has sent the ones it gave back (see limiter)."""
+    limiter.flush_returned_leases()
     return int(get_redis().zcard(redis_keys.leases_key(eshop.eshop_id)))
 
 

@@ -1,0 +1,36 @@
+"""Fixtures shared by the shoptet_api tests."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from typing import Any
+from unittest import mock
+
+import pytest
+import redis
+
+
+@pytest.fixture
+def round_trips() -> Iterator[list[str]]:
+    """Redis round trips made by this thread: commands sent alone, and pipelines."""
+    trips: list[str] = []
+    me = threading.get_ident()
+    send_command: Any = redis.Redis.execute_command
+    send_pipeline: Any = redis.client.Pipeline.execute
+
+    def command(self: redis.Redis, *args: Any, **options: Any) -> Any:
+        if threading.get_ident() == me and not isinstance(self, redis.client.Pipeline):
+            trips.append(str(args[0]))
+        return send_command(self, *args, **options)
+
+    def pipeline(self: redis.client.Pipeline, *args: Any, **options: Any) -> Any:
+        if threading.get_ident() == me:
+            trips.append("pipeline")
+        return send_pipeline(self, *args, **options)
+
+    with (
+        mock.patch.object(redis.Redis, "execute_command", command),
+        mock.patch.object(redis.client.Pipeline, "execute", pipeline),
+    ):
+        yield trips
