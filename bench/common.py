@@ -138,6 +138,10 @@ class EmulatorHost:
             )
         }
 
+    def answers(self, path: str, status: int) -> int:
+        """How many requests to `path` were answered `status` so far (cheap enough to poll)."""
+        return self.emulator.stats.status_counts[(path, status)]
+
     def status_counts(self) -> dict[str, int]:
         """Answers by "path status" (status 0: a dropped connection)."""
         return dict(self.emulator.stats_snapshot()["statusCounts"])
