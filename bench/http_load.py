@@ -62,16 +62,18 @@ async def _connection(
         if index >= len(requests) or time.monotonic() >= stop_at:
             break
         next_index[0] += 1
-        if writer is None or reader is None:
-            reader, writer = await asyncio.open_connection(host, port)
         started = time.perf_counter()
         try:
+            if writer is None or reader is None:
+                reader, writer = await asyncio.open_connection(host, port)
             writer.write(requests[index])
             head = await reader.readuntil(b"\r\n\r\n")
             body = await reader.readexactly(_content_length(head))
-        except (OSError, asyncio.IncompleteReadError):
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError):
+            # No answer (refused, reset, closed mid-answer): counted as status 0.
             results.append((index, 0, time.perf_counter() - started, False))
-            writer.close()
+            if writer is not None:
+                writer.close()
             reader = writer = None
             continue
         results.append(
@@ -147,7 +149,7 @@ class LoadPool:
         soon as the last is answered: the load is closed-loop, `processes x connections` senders.
         """
         count = len(self.pipes)
-        start_at = time.time() + 0.2  # every child starts together
+        start_at = time.time() + 0.05  # every child starts together
         for number, pipe in enumerate(self.pipes):
             share = list(requests[number::count])
             pipe.send((host, port, share, self.connections, start_at, seconds, marker))
