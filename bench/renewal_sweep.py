@@ -652,6 +652,26 @@ def main_workers(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_rows(
+    run: dict[str, Any], *, concurrency: int, cap: int, healthy: bool
+) -> list[common.SummaryRow]:
+    """The summary rows of `check`'s findings."""
+    return [
+        common.row(
+            f"C={concurrency}: every shop renewed once and holds a valid token",
+            "yes" if healthy else "NO",
+            target="yes",
+            ok=healthy,
+        ),
+        common.row(
+            f"C={concurrency}: shops over SHOPTET_TOKEN_CAP={cap} / cap rejections",
+            f"{run['shops_over_cap']} / {run['cap_rejections']}",
+            target="0 / 0",
+            ok=run["shops_over_cap"] == 0 and run["cap_rejections"] == 0,
+        ),
+    ]
+
+
 def report_workers(
     args: argparse.Namespace, run: dict[str, Any], *, cap: int, database: str
 ) -> None:
@@ -726,18 +746,7 @@ def report_workers(
             ),
             unit="ms",
         ),
-        common.row(
-            f"C={c}: every shop renewed once and holds a valid token",
-            "yes" if healthy else "NO",
-            target="yes",
-            ok=healthy,
-        ),
-        common.row(
-            f"C={c}: shops over SHOPTET_TOKEN_CAP={cap} / cap rejections",
-            f"{run['shops_over_cap']} / {run['cap_rejections']}",
-            target="0 / 0",
-            ok=run["shops_over_cap"] == 0 and run["cap_rejections"] == 0,
-        ),
+        *check_rows(run, concurrency=c, cap=cap, healthy=healthy),
     ]
     cpu_total = sum(run["cpu_s"].values())
     notes = [
@@ -876,20 +885,7 @@ def main_in_process(args: argparse.Namespace) -> int:
                         unit="1/s",
                     )
                 )
-            summary += [
-                common.row(
-                    f"C={w}: every shop renewed once and holds a valid token",
-                    "yes" if healthy else "NO",
-                    target="yes",
-                    ok=healthy,
-                ),
-                common.row(
-                    f"C={w}: shops over SHOPTET_TOKEN_CAP={cap} / cap rejections",
-                    f"{run['shops_over_cap']} / {run['cap_rejections']}",
-                    target="0 / 0",
-                    ok=run["shops_over_cap"] == 0 and run["cap_rejections"] == 0,
-                ),
-            ]
+            summary += check_rows(run, concurrency=w, cap=cap, healthy=healthy)
             rows.append(
                 [
                     w,
