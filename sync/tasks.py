@@ -11,10 +11,12 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+from dataclasses import dataclass
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db.models import Q
+from django.db.models import DurationField, Exists, F, Func, OuterRef, Q
 from django.utils import timezone
 
 from addon_project import logging_context
@@ -36,11 +38,25 @@ ERROR_BACKOFF_SECONDS = 300
 STALE_RUN_SECONDS = 600
 
 
-def toggles_of(settings_row: EshopSettings | None) -> dict[str, bool]:
-    """Which resources the merchant wants mirrored."""
-    if settings_row is None:
-        return {"orders": True, "products": False}
-    return {"orders": settings_row.sync_orders, "products": settings_row.sync_products}
+# The merchant's switch for each resource, on EshopSettings.
+TOGGLES = {"orders": "sync_orders", "products": "sync_products"}
+# At most this many slices are queued per beat tick, most overdue first; the rest wait a minute.
+SCHEDULE_LIMIT = 1000
+
+
+class Minutes(Func):
+    """An integer column as a duration of that many minutes (PostgreSQL; SQLite below)."""
+
+    template = "make_interval(mins => %(expressions)s)"
+    output_field = DurationField()
+
+    def as_sqlite(
+        self, compiler: Any, connection: Any, **extra_context: Any
+    ) -> tuple[str, Any]:
+        # SQLite holds a duration as integer microseconds.
+        return self.as_sql(
+            compiler, connection, template="(%(expressions)s * 60000000)"
+        )
 
 
 @shared_task(name="sync.run_slice", ignore_result=True)
@@ -88,48 +104,99 @@ def run_slice(eshop_id: int, resource: str, full: bool = False) -> str:  # noqa:
 
 @shared_task(name="sync.schedule_due", ignore_result=True)
 def schedule_due() -> int:
-    """Queue a sync for every active tenant whose merchant enabled it and whose interval elapsed."""
+    """Queue a sync for every active tenant whose merchant enabled it and whose interval elapsed.
+
+    Only due runs are read, most overdue first (never synced before all), at most SCHEDULE_LIMIT
+    per tick: the database decides what is due, so a tick reads no tenant that is not.
+    """
     now = timezone.now()
-    queued = 0
-    rows = (
-        EshopSettings.objects.filter(
-            eshop__status=Eshop.Status.ACTIVE, eshop__processing_paused_at=None
-        )
-        .filter(Q(sync_orders=True) | Q(sync_products=True))
-        .select_related("eshop")
+    due = sorted(
+        [
+            *_never_scheduled(limit=SCHEDULE_LIMIT),
+            *_due_states(now, limit=SCHEDULE_LIMIT),
+        ],
+        key=lambda run: (
+            run.due_at is not None,
+            run.due_at or now,
+            run.pk,
+            run.resource,
+        ),
+    )[:SCHEDULE_LIMIT]
+    SyncState.objects.bulk_create(
+        [
+            SyncState(eshop_id=run.pk, resource=run.resource, running_since=now)
+            for run in due
+            if run.state_pk is None
+        ],
+        ignore_conflicts=True,  # another tick created it meanwhile: it runs either way
     )
-    states = {
-        (s.eshop_id, s.resource): s
-        for s in SyncState.objects.filter(eshop__in=[row.eshop_id for row in rows])
-    }
-    for row in rows:
-        interval = dt.timedelta(minutes=row.sync_interval_minutes)
-        for resource, wanted in toggles_of(row).items():
-            if not wanted:
-                continue
-            state = states.get((row.eshop_id, resource))
-            if state is not None:
-                running = (
-                    state.running_since is not None
-                    and (now - state.updated_at).total_seconds() < STALE_RUN_SECONDS
+    SyncState.objects.filter(
+        pk__in=[run.state_pk for run in due if run.state_pk is not None]
+    ).update(running_since=now, updated_at=now)
+    for run in due:
+        run_slice.delay(run.eshop_id, run.resource)
+    return len(due)
+
+
+@dataclass(frozen=True)
+class DueRun:
+    pk: int  # the tenant's primary key
+    eshop_id: int
+    resource: str
+    state_pk: int | None  # None: never scheduled, no SyncState yet
+    due_at: dt.datetime | None  # None: never completed
+
+
+def _enabled(toggle: str, *, settings: str = "") -> Q:
+    """Active, unpaused tenants whose merchant switched `toggle` on; `settings` is the path to
+    EshopSettings from the queried model (both models reach the tenant as `eshop`)."""
+    return Q(
+        eshop__status=Eshop.Status.ACTIVE,
+        eshop__processing_paused_at=None,
+        **{f"{settings}{toggle}": True},
+    )
+
+
+def _never_scheduled(*, limit: int) -> list[DueRun]:
+    """Enabled resources that have no SyncState yet (a new tenant, a switch just turned on)."""
+    runs: list[DueRun] = []
+    for resource, toggle in TOGGLES.items():
+        rows = (
+            EshopSettings.objects.filter(_enabled(toggle))
+            .exclude(
+                Exists(
+                    SyncState.objects.filter(eshop=OuterRef("eshop"), resource=resource)
                 )
-                recent = (
-                    state.last_success_at and now - state.last_success_at < interval
-                )
-                if running or (recent and not state.full_requested):
-                    continue
-            state = (
-                state
-                or SyncState.objects.get_or_create(eshop=row.eshop, resource=resource)[
-                    0
-                ]
             )
-            SyncState.objects.filter(pk=state.pk).update(
-                running_since=now, updated_at=now
-            )
-            run_slice.delay(row.eshop.eshop_id, resource)
-            queued += 1
-    return queued
+            .order_by("eshop_id")
+            .values_list("eshop_id", "eshop__eshop_id")[:limit]
+        )
+        runs += [DueRun(pk, eshop_id, resource, None, None) for pk, eshop_id in rows]
+    return runs
+
+
+def _due_states(now: dt.datetime, *, limit: int) -> list[DueRun]:
+    """SyncStates of enabled resources not running now whose interval elapsed (or a full copy
+    was asked for), most overdue first."""
+    settings_of = "eshop__addon_settings__"
+    enabled = Q()
+    for resource, toggle in TOGGLES.items():
+        enabled |= Q(resource=resource) & _enabled(toggle, settings=settings_of)
+    rows = (
+        SyncState.objects.filter(enabled)
+        # Running, unless the run stopped reporting (it died): then it may start again.
+        .filter(
+            Q(running_since=None)
+            | Q(updated_at__lte=now - dt.timedelta(seconds=STALE_RUN_SECONDS))
+        )
+        .annotate(
+            due_at=F("last_success_at") + Minutes(f"{settings_of}sync_interval_minutes")
+        )
+        .filter(Q(last_success_at=None) | Q(due_at__lte=now) | Q(full_requested=True))
+        .order_by(F("due_at").asc(nulls_first=True), "eshop_id", "resource")
+        .values_list("eshop_id", "eshop__eshop_id", "resource", "pk", "due_at")[:limit]
+    )
+    return [DueRun(*row) for row in rows]
 
 
 @shared_task(name="sync.refresh_order", ignore_result=True)
