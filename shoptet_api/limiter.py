@@ -207,9 +207,8 @@ class _Returns:
         while True:
             self._wake.wait()
             self._wake.clear()
-            time.sleep(
-                RELEASE_DELAY
-            )  # let the next acquire carry them instead, if it comes
+            # Give the next acquire the chance to carry them; send what it did not.
+            time.sleep(RELEASE_DELAY)
             self.flush()
 
     def reset_after_fork(self) -> None:
