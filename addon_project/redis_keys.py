@@ -101,3 +101,8 @@ def activity_hour_key(hour: datetime) -> str:
 def heartbeat_key() -> str:
     """String: epoch seconds of celery beat's last heartbeat task."""
     return f"{_prefix()}:beat-heartbeat"
+
+
+def dashboard_counts_key() -> str:
+    """String (JSON, expires after 30 s): the operator dashboard's counts and when they were made."""
+    return f"{_prefix()}:dashboard-counts"

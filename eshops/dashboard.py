@@ -1,16 +1,20 @@
 """The operators' dashboard: services, 24-hour charts, tenant and webhook health on one admin page
 (staff only).
 
-Its database queries and Redis round trips do not grow with the number of tenants: counts are
-aggregated in SQL, lists are capped at LIST_LIMIT, and Redis is read in pipelines.
+Its database queries and Redis round trips do not grow with the number of tenants: the counts,
+which read whole tables, are made at most once per COUNTS_TTL_SECONDS and otherwise read back with
+one Redis GET (the page says when they were made); lists are capped at LIST_LIMIT, and Redis is
+read in pipelines.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import redis
@@ -27,7 +31,7 @@ from django.utils import timezone
 from addon_project import activity
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
-from addon_project.redis_keys import heartbeat_key
+from addon_project.redis_keys import dashboard_counts_key, heartbeat_key
 from eshops.charts import Series, hourly_chart
 from eshops.models import Eshop, EshopTransition, OperatorAction
 from eshops.tasks import HEARTBEAT_STALE_AFTER
@@ -49,6 +53,8 @@ LOST_STATUSES = [
     Eshop.Status.TERMINATED,
     Eshop.Status.UNINSTALLED,
 ]
+# Counts older than this are made again (they read every tenant and every sync state).
+COUNTS_TTL_SECONDS = 30
 # The page waits at most this long for workers to answer a ping.
 WORKER_PING_TIMEOUT = 0.5
 
@@ -115,6 +121,7 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
     if not request.user.has_perm("eshops.view_eshop"):
         raise PermissionDenied
     now = timezone.now()
+    counts = dashboard_counts(now=now)
     missing_rights = Eshop.objects.exclude(missing_rights={}).only(
         "eshop_id", "name", "status", "missing_rights"
     )
@@ -132,26 +139,25 @@ def dashboard(request: HttpRequest) -> TemplateResponse:
             "services": service_status(),
             "charts": activity_charts(now=now),
             "eshop_changelist": reverse("admin:eshops_eshop_changelist"),
-            "tenants_by_status": count_by_status(
-                Eshop.objects.all(), Eshop.Status.choices
+            # The three count panels say how old their numbers are (at most COUNTS_TTL_SECONDS).
+            "counts_as_of": f"{counts.as_of.astimezone(dt.UTC):%H:%M:%S} UTC",
+            "tenants_by_status": labelled(
+                counts.tenants_by_status, Eshop.Status.choices
             ),
-            "events_last_day": count_by_status(
-                WebhookEvent.objects.filter(
-                    received_at__gte=now - dt.timedelta(days=1)
-                ),
-                WebhookEvent.Status.choices,
+            "events_last_day": labelled(
+                counts.events_last_day, WebhookEvent.Status.choices
             ),
-            "dead_events": WebhookEvent.objects.dead().count(),
+            "dead_events": counts.dead_events,
             "token_trouble": tenants_with_token_failures(),
-            "missing_rights_count": missing_rights.count(),
+            "missing_rights_count": counts.missing_rights,
             "missing_rights": [
                 (eshop, ", ".join(sorted(eshop.missing_rights)))
                 for eshop in missing_rights[:LIST_LIMIT]
             ],
-            "pending_setup_count": pending_setup.count(),
+            "pending_setup_count": counts.pending_setup,
             "pending_setup": pending_setup[:LIST_LIMIT],
             "recent_failures": recent_failures(limit=LIST_LIMIT),
-            "sync_health": sync_health(now=now),
+            "sync_health": counts.sync_health,
             "sync_changelist": reverse("admin:sync_syncstate_changelist"),
         },
     )
@@ -168,8 +174,70 @@ class SyncHealth:
     lag_alert_minutes: int
 
 
+@dataclass(frozen=True)
+class Counts:
+    """The dashboard's totals as they were at `as_of`; per status: {status value: count}."""
+
+    as_of: dt.datetime
+    tenants_by_status: dict[str, int]
+    events_last_day: dict[str, int]
+    dead_events: int
+    missing_rights: int
+    pending_setup: int
+    sync_health: SyncHealth
+
+    def to_json(self) -> str:
+        return json.dumps({**asdict(self), "as_of": self.as_of.isoformat()})
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Counts:
+        data = json.loads(raw)
+        return cls(
+            **{
+                **data,
+                "as_of": dt.datetime.fromisoformat(data["as_of"]),
+                "sync_health": SyncHealth(**data["sync_health"]),
+            }
+        )
+
+
+def dashboard_counts(*, now: dt.datetime) -> Counts:
+    """The counts made within the last COUNTS_TTL_SECONDS (one Redis GET), else made now and kept.
+
+    Without Redis they are made for every page: slower, but the page still shows them."""
+    r = get_redis()
+    try:
+        cached = r.get(dashboard_counts_key())
+    except redis.RedisError:
+        return count_now(now=now)
+    if cached is not None:
+        try:
+            return Counts.from_json(cached)
+        except (KeyError, TypeError, ValueError):
+            logger.warning("dashboard: cached counts unreadable, counting again")
+    counts = count_now(now=now)
+    with contextlib.suppress(redis.RedisError):
+        r.set(dashboard_counts_key(), counts.to_json(), ex=COUNTS_TTL_SECONDS)
+    return counts
+
+
+def count_now(*, now: dt.datetime) -> Counts:
+    """Every total of the dashboard from the database (six aggregate queries)."""
+    return Counts(
+        as_of=now,
+        tenants_by_status=count_by_status(Eshop.objects.all()),
+        events_last_day=count_by_status(
+            WebhookEvent.objects.filter(received_at__gte=now - dt.timedelta(days=1))
+        ),
+        dead_events=WebhookEvent.objects.dead().count(),
+        missing_rights=Eshop.objects.exclude(missing_rights={}).count(),
+        pending_setup=Eshop.objects.pending_setup(before=now - SETUP_GRACE).count(),
+        sync_health=sync_health(now=now),
+    )
+
+
 def sync_health(*, now: dt.datetime) -> SyncHealth:
-    """One aggregate query over the sync states, whatever the number of tenants."""
+    """One aggregate query over the sync states."""
     # Looked up lazily: the sync app depends on eshops, not the other way round.
     from sync.admin import FAILING, LAG_ALERT_MINUTES, lagging_condition
 
@@ -186,11 +254,15 @@ def sync_health(*, now: dt.datetime) -> SyncHealth:
     return SyncHealth(**counts, lag_alert_minutes=LAG_ALERT_MINUTES)
 
 
-def count_by_status(
-    queryset: Any, choices: Sequence[tuple[str, StrOrPromise]]
+def count_by_status(queryset: Any) -> dict[str, int]:
+    """{status: rows} of `queryset` (statuses without rows are absent)."""
+    return dict(queryset.order_by().values_list("status").annotate(n=Count("pk")))
+
+
+def labelled(
+    counts: dict[str, int], choices: Sequence[tuple[str, StrOrPromise]]
 ) -> list[tuple[str, StrOrPromise, int]]:
     """(value, label, count) for every status, zeros included."""
-    counts = dict(queryset.order_by().values_list("status").annotate(n=Count("pk")))
     return [(value, label, counts.get(value, 0)) for value, label in choices]
 
 

@@ -3,6 +3,7 @@ the number of tenants, and a failure feed that forgets what was undone."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,7 +15,7 @@ from django.test import Client
 from addon_project import activity
 from addon_project.celery import app as celery_app
 from addon_project.redis_client import get_redis
-from addon_project.redis_keys import heartbeat_key
+from addon_project.redis_keys import dashboard_counts_key, heartbeat_key
 from eshops import dashboard
 from eshops.models import Eshop
 from eshops.tasks import HEARTBEAT_STALE_AFTER, beat_heartbeat
@@ -173,8 +174,14 @@ def make_tenants(eshop_factory: Callable[..., Eshop], n: int) -> None:
     pipe.execute()
 
 
+def forget_counts() -> None:
+    """As if the cached counts had expired: the next page makes them afresh."""
+    get_redis().delete(dashboard_counts_key())
+
+
 def cost_of_dashboard(client: Client) -> tuple[int, int]:
-    """(SQL queries, Redis round trips) of one dashboard page."""
+    """(SQL queries, Redis round trips) of one dashboard page that makes its counts afresh."""
+    forget_counts()
     return page_cost(client, URL)
 
 
@@ -209,3 +216,31 @@ def test_recent_failures_skip_a_suspend_that_a_later_approve_reversed(
     kinds = [(item.kind, item.eshop_id) for item in response.context["recent_failures"]]
     assert ("status suspended", suspended.eshop_id) in kinds
     assert all(eshop_id != approved.eshop_id for _, eshop_id in kinds)
+
+
+def test_counts_are_made_once_per_30_seconds_and_say_when(
+    admin_client: Client, eshop_factory: Callable[..., Eshop], ping: mock.MagicMock
+) -> None:
+    make_tenants(eshop_factory, 3)
+    made_queries, made_round_trips = page_cost(admin_client, URL)
+    eshop_factory(status=Eshop.Status.SUSPENDED)
+
+    reused_queries, reused_round_trips = page_cost(admin_client, URL)
+    reused = admin_client.get(URL)
+    forget_counts()  # the 30 seconds are over
+    fresh = admin_client.get(URL)
+
+    def by_status(response: Any) -> dict[str, int]:
+        return {v: n for v, _, n in response.context["tenants_by_status"]}
+
+    # Six aggregate queries fewer; one GET instead of a GET and a SET.
+    assert (made_queries - reused_queries, made_round_trips - reused_round_trips) == (
+        6,
+        1,
+    )
+    assert by_status(reused)["suspended"] == 0
+    assert by_status(fresh)["suspended"] == 1
+    assert 0 < get_redis().ttl(dashboard_counts_key()) <= dashboard.COUNTS_TTL_SECONDS
+    as_of = reused.context["counts_as_of"]
+    assert re.fullmatch(r"\d\d:\d\d:\d\d UTC", as_of)
+    assert reused.content.decode().count(f"as of {as_of}") == 3
