@@ -1,9 +1,12 @@
-"""Work a request must not wait for: queue a task or run a Redis chore on a short-lived thread."""
+"""Work a request must not wait for: queue a task or run a Redis chore on this process's background thread."""
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import logging
+import os
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +15,14 @@ from addon_project.celery import app
 
 logger = logging.getLogger(__name__)
 
+# How long a process that is exiting (a recycled gunicorn worker) waits for work already handed over.
+DRAIN_ON_EXIT_SECONDS = 3.0
+
+_Item = tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]
+_lock = threading.Lock()
+_queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+_owner_pid: int | None = None
+
 
 def in_background(work: Callable[..., Any], *args: Any) -> None:
     """Run `work(*args)` (publishing tasks, Redis chores) without making a request wait for it.
@@ -19,17 +30,38 @@ def in_background(work: Callable[..., Any], *args: Any) -> None:
     Shoptet gives the install callback 5 s and webhooks 4 s; a hung broker or Redis must not spend
     them. A failure is logged; the periodic sweeps (complete_pending_installs, redeliver_webhooks)
     pick up what was not queued. In eager mode (tests) it runs inline.
+
+    One long-lived thread per process runs the work in order: a thread started per call cost a
+    webhook delivery more CPU than its publish (bench/ingest.py), and the caller waited for it to
+    start.
     """
     if app.conf.task_always_eager:
         work(*args)
         return
     # The thread gets a copy of the caller's context, so a task it queues carries the request id.
-    threading.Thread(
-        target=contextvars.copy_context().run,
-        args=(_run_logged, work, args),
-        name=f"background-{getattr(work, '__name__', 'work')}",
-        daemon=True,
-    ).start()
+    _running_queue().put((contextvars.copy_context(), work, args))
+
+
+def _running_queue() -> queue.SimpleQueue[_Item]:
+    """This process's queue, with its thread started (again, in a forked child)."""
+    global _queue, _owner_pid
+    pid = os.getpid()
+    if _owner_pid != pid:
+        with _lock:
+            if _owner_pid != pid:
+                # A fork copies the queue but not the thread: what the parent queued is the parent's.
+                _queue = queue.SimpleQueue()
+                threading.Thread(
+                    target=_serve, args=(_queue,), name="background", daemon=True
+                ).start()
+                _owner_pid = pid
+    return _queue
+
+
+def _serve(items: queue.SimpleQueue[_Item]) -> None:
+    while True:
+        context, work, args = items.get()
+        context.run(_run_logged, work, args)
 
 
 def _run_logged(work: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -43,3 +75,13 @@ def _run_logged(work: Callable[..., Any], args: tuple[Any, ...]) -> None:
             args,
             type(exc).__name__,
         )
+
+
+@atexit.register
+def _drain_before_exit() -> None:
+    """Give work already handed over a moment to finish when the process exits normally."""
+    if _owner_pid != os.getpid():
+        return
+    done = threading.Event()
+    _queue.put((contextvars.copy_context(), done.set, ()))
+    done.wait(DRAIN_ON_EXIT_SECONDS)
