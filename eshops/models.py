@@ -459,6 +459,19 @@ class EshopSettings(models.Model):
     class Meta:
         verbose_name = "addon settings"
         verbose_name_plural = "addon settings"
+        # sync.schedule_due reads only the tenants that switched a resource on.
+        indexes = [
+            models.Index(
+                fields=["eshop"],
+                condition=models.Q(sync_orders=True),
+                name="eshopsettings_sync_orders_idx",
+            ),
+            models.Index(
+                fields=["eshop"],
+                condition=models.Q(sync_products=True),
+                name="eshopsettings_sync_prods_idx",
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"settings of e-shop {self.eshop_id}"

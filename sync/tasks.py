@@ -179,24 +179,32 @@ def _due_states(now: dt.datetime, *, limit: int) -> list[DueRun]:
     """SyncStates of enabled resources not running now whose interval elapsed (or a full copy
     was asked for), most overdue first."""
     settings_of = "eshop__addon_settings__"
-    enabled = Q()
+    runs: list[DueRun] = []
     for resource, toggle in TOGGLES.items():
-        enabled |= Q(resource=resource) & _enabled(toggle, settings=settings_of)
-    rows = (
-        SyncState.objects.filter(enabled)
-        # Running, unless the run stopped reporting (it died): then it may start again.
-        .filter(
-            Q(running_since=None)
-            | Q(updated_at__lte=now - dt.timedelta(seconds=STALE_RUN_SECONDS))
+        rows = (
+            SyncState.objects.filter(
+                _enabled(toggle, settings=settings_of), resource=resource
+            )
+            # Running, unless the run stopped reporting (it died): then it may start again.
+            .filter(
+                Q(running_since=None)
+                | Q(updated_at__lte=now - dt.timedelta(seconds=STALE_RUN_SECONDS))
+            )
+            .annotate(
+                due_at=F("last_success_at")
+                + Minutes(f"{settings_of}sync_interval_minutes")
+            )
+            .filter(
+                Q(last_success_at=None) | Q(due_at__lte=now) | Q(full_requested=True)
+            )
+            .order_by(F("due_at").asc(nulls_first=True), "eshop_id")
+            .values_list("eshop_id", "eshop__eshop_id", "pk", "due_at")[:limit]
         )
-        .annotate(
-            due_at=F("last_success_at") + Minutes(f"{settings_of}sync_interval_minutes")
-        )
-        .filter(Q(last_success_at=None) | Q(due_at__lte=now) | Q(full_requested=True))
-        .order_by(F("due_at").asc(nulls_first=True), "eshop_id", "resource")
-        .values_list("eshop_id", "eshop__eshop_id", "resource", "pk", "due_at")[:limit]
-    )
-    return [DueRun(*row) for row in rows]
+        runs += [
+            DueRun(pk, eshop_id, resource, state_pk, due_at)
+            for pk, eshop_id, state_pk, due_at in rows
+        ]
+    return runs
 
 
 @shared_task(name="sync.refresh_order", ignore_result=True)
