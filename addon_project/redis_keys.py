@@ -24,7 +24,8 @@ def _eshop(eshop_id: int) -> str:
 
 
 def token_key(eshop_id: int) -> str:
-    """Hash: the current token (`ct` encrypted, `fp` fingerprint, `exp` epoch seconds)."""
+    """Hash: the current token (`ct` encrypted, `fp` fingerprint, `exp` epoch seconds, `renewed`
+    when it was stored)."""
     return f"{_eshop(eshop_id)}:token"
 
 
@@ -39,7 +40,8 @@ def renew_lock_key(eshop_id: int) -> str:
 
 
 def health_key(eshop_id: int) -> str:
-    """Hash: last renewal time and consecutive renewal failures (operators' token health)."""
+    """Hash: consecutive renewal failures and the last error (operators' token health); written
+    only by failures, with a TTL, and deleted by the next renewal."""
     return f"{_eshop(eshop_id)}:health"
 
 

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import collections
-import contextvars
 import datetime as dt
 import logging
 import os
@@ -14,8 +13,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from celery import Task, shared_task
-from django import db
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -151,27 +150,34 @@ def renew_token_chunk(eshop_ids: list[int]) -> dict[str, int]:
     """Renew ahead the tokens of one chunk of e-shops queued by the sweep; outcome counts.
 
     One query loads the tenants that may still call the API (those paused, suspended or
-    uninstalled since the sweep are skipped). A renewal mostly waits for Shoptet, so up to
-    SHOPTET_TOKEN_RENEW_THREADS run at once: a few worker processes keep ~50 renewals in flight.
-    One shop's failure never stops the others (see `_renew_in_chunk`).
+    uninstalled since the sweep are skipped). The chunk is renewed in bulk steps (a few Redis
+    round trips for the whole chunk, see `tokens.chunk`); the getAccessToken calls mostly wait
+    for Shoptet, so up to SHOPTET_TOKEN_RENEW_THREADS run at once. One shop's failure never
+    stops the others (see `_outcome`). One summary line per chunk; shops only when they fail.
     """
     eshops = list(
-        Eshop.objects.active().filter(
-            eshop_id__in=eshop_ids, processing_paused_at__isnull=True
-        )
+        Eshop.objects.active()
+        .filter(eshop_id__in=eshop_ids, processing_paused_at__isnull=True)
+        # The OAuth token is the only secret a renewal needs: no decryption of the others.
+        .defer("webhook_signature_key", "previous_signature_key")
     )
     outcomes: collections.Counter[str] = collections.Counter()
     skipped = len(set(eshop_ids)) - len(eshops)
     if skipped:
         outcomes["skipped"] = skipped
-    pool = _renewal_pool()
-    # Each shop runs in a copy of this task's log context (task name and id), plus its eshop_id.
-    futures = [
-        pool.submit(contextvars.copy_context().run, _renew_in_chunk, eshop)
-        for eshop in eshops
-    ]
-    for future in futures:
-        outcomes[future.result()] += 1
+    try:
+        results = tokens.renew_chunk_ahead(eshops, pool=_renewal_pool())
+    except redis.RedisError as exc:
+        # Nothing was minted; the next sweep finds these shops still due.
+        logger.error(
+            "token chunk: token store unreachable (%s); %s renewals failed",
+            type(exc).__name__,
+            len(eshops),
+        )
+        outcomes["failed"] += len(eshops)
+    else:
+        for eshop in eshops:
+            outcomes[_outcome(eshop, result=results[eshop.eshop_id])] += 1
     logger.info(
         "token chunk: %s",
         ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())),
@@ -179,20 +185,22 @@ def renew_token_chunk(eshop_ids: list[int]) -> dict[str, int]:
     return dict(outcomes)
 
 
-def _renew_in_chunk(eshop: Eshop) -> str:
-    """Renew one shop of a chunk and say how it went; never raises.
+def _outcome(eshop: Eshop, *, result: bool | Exception) -> str:
+    """How one shop of a chunk went, logged when it failed.
 
     Errors are handled as `EshopTask.for_eshop` handles them for `renew_api_token`: a permanent
     verdict (the tenant's status has already changed) stops quietly; a retryable error schedules
     `renew_api_token` for this shop alone, with the same backoff; anything else is logged.
     """
-    logging_context.bind(eshop_id=eshop.eshop_id)
-    try:
-        return "renewed" if tokens.renew_ahead(eshop) else "fresh"
-    except (AddonNotInstalled, AddonSuspended, ProcessingPaused) as exc:
+    if result is True:
+        return "renewed"
+    if result is False:
+        return "fresh"
+    exc = result
+    if isinstance(exc, AddonNotInstalled | AddonSuspended | ProcessingPaused):
         logger.warning("eshop_id=%s: %s; not retried", eshop.eshop_id, exc)
         return "stopped"
-    except ShoptetAPIError as exc:
+    if isinstance(exc, ShoptetAPIError):
         if not exc.retryable:
             logger.error("eshop_id=%s: token renewal failed: %s", eshop.eshop_id, exc)
             return "failed"
@@ -202,13 +210,8 @@ def _renew_in_chunk(eshop: Eshop) -> str:
             "eshop_id=%s: %s; retried alone in %.0f s", eshop.eshop_id, exc, countdown
         )
         return "retrying"
-    except Exception:
-        logger.exception("eshop_id=%s: token renewal failed", eshop.eshop_id)
-        return "failed"
-    finally:
-        # A verdict writes the tenant row from this pool thread: close that connection now, or
-        # it outlives the task in a thread Django never cleans up after.
-        db.connection.close()
+    logger.error("eshop_id=%s: token renewal failed", eshop.eshop_id, exc_info=exc)
+    return "failed"
 
 
 _pool: ThreadPoolExecutor | None = None

@@ -17,7 +17,8 @@ All keys of one e-shop share the hash tag `{eshop:<id>}`, so each script touches
 
 The package: `store` (the Redis hash, the issued set, their scripts, this process's memory),
 `renewal` (the read path, single-flight renewal within the cap, the Redis-down fallback),
-`schedule` (proactive renewal of recently active e-shops), `health` (what operators see).
+`schedule` (proactive renewal of recently active e-shops), `chunk` (the proactive renewal of a
+chunk of e-shops in bulk steps), `health` (what operators see).
 Callers import from `shoptet_api.tokens`; tests patch a name in the module that uses it.
 """
 
@@ -40,6 +41,7 @@ from shoptet_api.tokens.renewal import (
 from shoptet_api.tokens.schedule import (
     recently_active_eshop_ids,
     renew_ahead,
+    renew_chunk_ahead,
     renewal_chunks,
     renewal_due,
 )
@@ -70,6 +72,7 @@ __all__ = [
     "oauth_fingerprint",
     "recently_active_eshop_ids",
     "renew_ahead",
+    "renew_chunk_ahead",
     "renew_if_expiring",
     "renew_lock_key",
     "renew_margin",

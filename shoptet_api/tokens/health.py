@@ -1,4 +1,8 @@
-"""Token health for operators: renewal failures in a row, the last error, tokens against the cap."""
+"""Token health for operators: renewal failures in a row, the last error, tokens against the cap.
+
+Only failures write the health hash (with a TTL): a renewal deletes it (STORE_TOKEN) and keeps
+its time in the token hash, so a healthy tenant holds no health key at all.
+"""
 
 from __future__ import annotations
 
@@ -59,7 +63,7 @@ def token_health_many(eshop_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     now = time.time()
     pipe = get_redis().pipeline(transaction=False)
     for eshop_id in eshop_ids:
-        pipe.hget(token_key(eshop_id), "exp")
+        pipe.hmget(token_key(eshop_id), ("exp", "renewed"))
         pipe.zcount(issued_key(eshop_id), now, "+inf")
         pipe.hgetall(health_key(eshop_id))
     answers = pipe.execute() if eshop_ids else []
@@ -69,7 +73,10 @@ def token_health_many(eshop_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     }
 
 
-def _health(now: float, exp: Any, valid: Any, health: dict[Any, Any]) -> dict[str, Any]:
+def _health(
+    now: float, token: list[Any], valid: Any, health: dict[Any, Any]
+) -> dict[str, Any]:
+    exp, renewed = token
     fields = {
         (k.decode() if isinstance(k, bytes) else k): (
             v.decode() if isinstance(v, bytes) else v
@@ -80,7 +87,8 @@ def _health(now: float, exp: Any, valid: Any, health: dict[Any, Any]) -> dict[st
         "expires_in": round(float(exp) - now) if exp else None,
         "valid_tokens": int(valid),
         "cap": token_cap(),
-        "renewed_at": float(fields["renewed_at"]) if fields.get("renewed_at") else None,
+        # While the token lasts (a tenant idle for longer has none, and no renewal to show).
+        "renewed_at": float(renewed) if renewed else None,
         "failures": int(fields.get("failures") or 0),
         "last_error": fields.get("last_error") or None,
         "last_error_at": float(fields["last_error_at"])

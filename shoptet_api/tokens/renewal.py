@@ -27,9 +27,9 @@ from django.conf import settings
 from django.views.decorators.debug import sensitive_variables
 
 from addon_project import metrics
-from addon_project.encryption import Secret, encrypt
+from addon_project.encryption import Secret
 from addon_project.redis_client import RELEASE_LOCK, get_redis, lua
-from addon_project.redis_keys import health_key, issued_key, renew_lock_key, token_key
+from addon_project.redis_keys import issued_key, renew_lock_key
 from shoptet_api import verdicts
 from shoptet_api.errors import (
     AddonNotInstalled,
@@ -50,7 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-# getAccessToken 401s in a row before a tenant is suspended (see _mint).
+# getAccessToken 401s in a row before a tenant is suspended (see mint).
 OAUTH_REJECTIONS_BEFORE_SUSPEND = 3
 # Per-process, per-e-shop locks used only while Redis is unreachable.
 _fallback_locks: dict[int, threading.Lock] = {}
@@ -110,9 +110,13 @@ class Need:
         return self.since < math.inf
 
     def met_by(self, stored: store.CachedToken, now: float) -> bool:
+        return self.met(stored.expires_at, stored.lifetime, now=now)
+
+    def met(self, expires_at: float, lifetime: float, *, now: float) -> bool:
+        """Whether a token expiring at `expires_at` after `lifetime` seconds meets the need."""
         return (
-            stored.usable(now + self.ahead)
-            or stored.expires_at - stored.lifetime >= self.since
+            store.outside_margin(expires_at, lifetime, now=now + self.ahead)
+            or expires_at - lifetime >= self.since
         )
 
 
@@ -205,7 +209,7 @@ def _renew_holding_lock(
         stored.lifetime if stored else float(settings.SHOPTET_TOKEN_DEFAULT_LIFETIME)
     )
     oauth_fp = store.oauth_fingerprint(eshop.oauth_access_token)
-    pending = f"{oauth_fp}:pending:{uuid.uuid4().hex}"
+    pending = pending_member(oauth_fp)
     slot, next_slot_in = lua(store.RESERVE_SLOT)(
         keys=[issued_key(eshop_id)],
         args=[store.token_cap(), pending, last_lifetime],
@@ -216,7 +220,7 @@ def _renew_holding_lock(
 
     started = time.time()
     try:
-        minted = _mint(eshop)
+        minted = mint(eshop)
     except BaseException as exc:
         metrics.observe_token_failure(exc)
         health.note_failure(r, eshop_id, exc)
@@ -240,34 +244,9 @@ def _renew_holding_lock(
                 return stored
         raise
     metrics.observe_token_mint("ahead" if need.proactive else "request")
-    cached = store.CachedToken(
-        token=minted.access_token,
-        expires_at=started + minted.expires_in,
-        lifetime=float(minted.expires_in),
-        oauth_fp=oauth_fp,
-    )
-    fp = store.fingerprint_of(minted.access_token)
+    cached = store.minted_token(minted, started=started, oauth_fp=oauth_fp)
     try:
-        lua(store.STORE_TOKEN)(
-            keys=[
-                token_key(eshop_id),
-                issued_key(eshop_id),
-                health_key(eshop_id),
-                renew_lock_key(eshop_id),
-            ],
-            args=[
-                pending,
-                f"{oauth_fp}:{fp}",
-                encrypt(minted.access_token),
-                fp,
-                cached.expires_at,
-                minted.expires_in,
-                oauth_fp,
-                time.time(),
-                lock.owner,
-            ],
-            client=r,
-        )
+        store.store_token(r, eshop_id, cached, pending=pending, lock_owner=lock.owner)
         lock.released = True
     except redis.RedisError as exc:
         # Redis failed after Shoptet minted: use the token from memory rather than letting the
@@ -277,12 +256,12 @@ def _renew_holding_lock(
             eshop_id,
             type(exc).__name__,
         )
-        store.note_unrecorded(eshop_id, f"{oauth_fp}:{fp}", cached.expires_at)
+        store.note_unrecorded(eshop_id, store.issued_member(cached), cached.expires_at)
     store.remember(eshop_id, cached)
     logger.info(
         "eshop_id=%s: new API token fp=%s expires_in=%ss",
         eshop_id,
-        fp[:8],
+        store.fingerprint_of(cached.token)[:8],
         minted.expires_in,
     )
     return cached
@@ -296,6 +275,11 @@ def _at_cap(
         metrics.observe_token_cap("kept_current")
         store.remember(eshop_id, stored)
         return stored
+    raise cap_refusal(eshop_id, retry_in=retry_in)
+
+
+def cap_refusal(eshop_id: int, *, retry_in: float) -> ShoptetMaxTokensReached:
+    """The error for a renewal that the cap refused while no valid token is stored (logged, counted)."""
     metrics.observe_token_cap("refused")
     logger.error(
         "eshop_id=%s: token cap %s reached and no valid token stored; next slot in %.0f s",
@@ -303,12 +287,17 @@ def _at_cap(
         store.token_cap(),
         retry_in,
     )
-    raise ShoptetMaxTokensReached(
+    return ShoptetMaxTokensReached(
         f"{store.token_cap()} API tokens are valid already; next slot in {retry_in:.0f} s",
         error_code="maximum_tokens_reached",
         endpoint="GET oauth/getAccessToken",
         retry_after=dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=retry_in),
     )
+
+
+def pending_member(oauth_fp: str) -> str:
+    """An issued-set member reserving a cap slot for a getAccessToken call about to be made."""
+    return f"{oauth_fp}:pending:{uuid.uuid4().hex}"
 
 
 def _renew_local(eshop: Eshop) -> store.CachedToken:
@@ -321,21 +310,20 @@ def _renew_local(eshop: Eshop) -> store.CachedToken:
             return cached
         started = time.time()
         try:
-            minted = _mint(eshop)
+            minted = mint(eshop)
         except BaseException as exc:
             metrics.observe_token_failure(exc)
             raise
         metrics.observe_token_mint("local")
-        oauth_fp = store.oauth_fingerprint(eshop.oauth_access_token)
-        cached = store.CachedToken(
-            token=minted.access_token,
-            expires_at=started + minted.expires_in,
-            lifetime=float(minted.expires_in),
-            oauth_fp=oauth_fp,
+        cached = store.minted_token(
+            minted,
+            started=started,
+            oauth_fp=store.oauth_fingerprint(eshop.oauth_access_token),
         )
         store.remember(eshop.eshop_id, cached)
-        member = f"{oauth_fp}:{store.fingerprint_of(minted.access_token)}"
-        store.note_unrecorded(eshop.eshop_id, member, cached.expires_at)
+        store.note_unrecorded(
+            eshop.eshop_id, store.issued_member(cached), cached.expires_at
+        )
         return cached
 
 
@@ -351,8 +339,10 @@ def minted_nothing(exc: BaseException) -> bool:
     return isinstance(exc, ShoptetAPIError) and exc.status_code is not None
 
 
-def _mint(eshop: Eshop) -> ApiAccessToken:
-    """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status."""
+def mint(eshop: Eshop) -> ApiAccessToken:
+    """Call getAccessToken; answers meaning "installation gone or paused" change the tenant's status.
+
+    Callers hold the e-shop's renewal lock and a reserved cap slot (or Redis is unreachable)."""
     if not eshop.oauth_access_token:
         raise AddonNotInstalled(
             f"e-shop {eshop.eshop_id} has no OAuth token (uninstalled)"

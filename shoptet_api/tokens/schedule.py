@@ -14,13 +14,16 @@ from django.conf import settings
 
 from addon_project.redis_client import get_redis
 from addon_project.redis_keys import token_activity_key, token_key
-from shoptet_api.tokens import store
+from shoptet_api.tokens import chunk, store
 from shoptet_api.tokens.renewal import renew_if_expiring
 
 # Seconds a proactive renewal may run before its shop's own due moment and still renew it.
 RENEW_AHEAD_SLACK = 5.0
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from concurrent.futures import Executor
+
     from eshops.models import Eshop
 
 
@@ -84,7 +87,15 @@ def renewal_chunks(
 def renew_ahead(eshop: Eshop) -> bool:
     """The proactive renewal of one e-shop: renew if its token is inside the margin plus jitter
     (and a few seconds of slack, see `renewal_chunks`)."""
-    return renew_if_expiring(
-        eshop,
-        within=float(settings.SHOPTET_TOKEN_RENEW_JITTER) + RENEW_AHEAD_SLACK,
-    )
+    return renew_if_expiring(eshop, within=_renew_ahead_within())
+
+
+def renew_chunk_ahead(
+    eshops: Sequence[Eshop], *, pool: Executor
+) -> dict[int, chunk.Result]:
+    """`renew_ahead` for a chunk of e-shops in bulk steps (see `chunk`), calls on `pool`."""
+    return chunk.renew_chunk(eshops, within=_renew_ahead_within(), pool=pool)
+
+
+def _renew_ahead_within() -> float:
+    return float(settings.SHOPTET_TOKEN_RENEW_JITTER) + RENEW_AHEAD_SLACK

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import redis
 from django.conf import settings
 
-from addon_project.encryption import DecryptionError, Secret, decrypt
+from addon_project.encryption import DecryptionError, Secret, decrypt, encrypt
 from addon_project.redis_client import get_redis, lua
 from addon_project.redis_keys import (
     health_key,
@@ -29,6 +29,7 @@ from addon_project.redis_keys import (
 
 if TYPE_CHECKING:
     from eshops.models import Eshop
+    from shoptet_api.types import ApiAccessToken
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,8 @@ return longest
 # reservation, issued member, encrypted token, fingerprint, expiry (the minting host's epoch, for
 # readers), lifetime, OAuth fingerprint, renewal time, lock owner. Replaces the reservation by the
 # token, stores it and releases the lock if we still own it, atomically and in one round trip.
+# A renewal ends a run of failures: the health hash (written only by failures) goes, so a healthy
+# tenant keeps no health key at all; the renewal time lives in the token hash.
 STORE_TOKEN = (
     _REDIS_NOW
     + _EXTEND_TTL
@@ -105,9 +108,9 @@ local life = tonumber(ARGV[6])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[2], now + life, ARGV[2])
 extend(KEYS[2], math.ceil(life * 1000) + 60000)
-redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7])
+redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7], 'renewed', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
-redis.call('HSET', KEYS[3], 'renewed_at', ARGV[8], 'failures', 0)
+redis.call('DEL', KEYS[3])
 if redis.call('GET', KEYS[4]) == ARGV[9] then redis.call('DEL', KEYS[4]) end
 return 1
 """
@@ -161,6 +164,11 @@ def token_cap() -> int:
     return max(1, min(int(settings.SHOPTET_TOKEN_CAP), SHOPTET_MAX_VALID_TOKENS))
 
 
+def outside_margin(expires_at: float, lifetime: float, *, now: float) -> bool:
+    """Whether a token expiring at `expires_at` is still outside its renewal margin at `now`."""
+    return expires_at - now > renew_margin(lifetime)
+
+
 def fingerprint_of(token: str) -> str:
     """A short irreversible id for a token: safe in Redis, logs and comparisons."""
     return hashlib.sha256(token.encode()).hexdigest()[:20]
@@ -181,11 +189,62 @@ class CachedToken:
 
     def usable(self, now: float) -> bool:
         """Valid and not yet near expiry."""
-        return self.expires_at - now > renew_margin(self.lifetime)
+        return outside_margin(self.expires_at, self.lifetime, now=now)
 
     def valid(self, now: float) -> bool:
         """Still accepted by Shoptet (with a second of slack for the request in flight)."""
         return self.expires_at - now > 1.0
+
+
+def minted_token(
+    minted: ApiAccessToken, *, started: float, oauth_fp: str
+) -> CachedToken:
+    """The token getAccessToken answered, timed from `started` (when the call began)."""
+    return CachedToken(
+        token=minted.access_token,
+        expires_at=started + minted.expires_in,
+        lifetime=float(minted.expires_in),
+        oauth_fp=oauth_fp,
+    )
+
+
+def issued_member(cached: CachedToken) -> str:
+    """The token's member in the issued set: `<oauth fp>:<token fp>`."""
+    return f"{cached.oauth_fp}:{fingerprint_of(cached.token)}"
+
+
+def store_token(
+    client: redis.Redis,
+    eshop_id: int,
+    cached: CachedToken,
+    *,
+    pending: str,
+    lock_owner: str,
+) -> None:
+    """Queue or run STORE_TOKEN (`client` may be a pipeline): `cached` replaces the reservation
+    `pending` in the issued set, becomes the e-shop's stored token (encrypted), ends a run of
+    failures, and the renewal lock is released if `lock_owner` still holds it."""
+    fp = fingerprint_of(cached.token)
+    lua(STORE_TOKEN)(
+        keys=[
+            token_key(eshop_id),
+            issued_key(eshop_id),
+            health_key(eshop_id),
+            renew_lock_key(eshop_id),
+        ],
+        args=[
+            pending,
+            issued_member(cached),
+            encrypt(cached.token),
+            fp,
+            cached.expires_at,
+            cached.lifetime,
+            cached.oauth_fp,
+            time.time(),
+            lock_owner,
+        ],
+        client=client,
+    )
 
 
 # Process memory: e-shop id → its current token. Saves a Redis round trip per API call.

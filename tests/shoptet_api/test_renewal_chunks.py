@@ -11,16 +11,24 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from unittest import mock
 
 import pytest
+import redis
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from shoptet_api import tasks, tokens
-from shoptet_api.errors import ShoptetServerError
+from shoptet_api.client import ShoptetClient
+from shoptet_api.errors import (
+    ShoptetConnectionError,
+    ShoptetMaxTokensReached,
+    ShoptetServerError,
+)
+from shoptet_api.tokens import chunk, renewal
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +53,8 @@ def test_the_sweep_queues_bounded_chunks_covering_exactly_the_due_active_shops(
     shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop], settings: Any
 ) -> None:
     settings.SHOPTET_TOKEN_RENEW_CHUNK = 3
+    # Due together: the chunks are then cut by size alone (a random jitter made their count vary).
+    settings.SHOPTET_TOKEN_RENEW_JITTER = 0.0
     shoptet_settings.token_lifetime = 30  # expires before the next sweep
     due = [install() for _ in range(7)]
     suspended = install()
@@ -96,23 +106,35 @@ def test_the_chunk_task_renews_each_shop_once_and_skips_tenants_that_may_not_cal
     assert [issued(shoptet_settings, e) for e in due] == [2, 2, 2]
 
 
+def fetch_failing_for(
+    failures: dict[str, Exception],
+) -> Callable[..., Any]:
+    """getAccessToken that raises `failures[oauth_token]` for those shops, else asks the emulator."""
+    real_fetch = renewal.fetch_api_access_token
+
+    def fetch(*, oauth_token: str) -> Any:
+        if oauth_token in failures:
+            raise failures[oauth_token]
+        return real_fetch(oauth_token=oauth_token)
+
+    return fetch
+
+
 def test_one_shop_failing_never_stops_the_chunk(
     shoptet_settings: ShoptetEmulator,
     install: Callable[..., Eshop],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     broken, flaky, fine = install(), install(), install()
-    real_renew_ahead = tokens.renew_ahead
-
-    def renew_ahead(eshop: Eshop) -> bool:
-        if eshop.eshop_id == broken.eshop_id:
-            raise RuntimeError("a bug")
-        if eshop.eshop_id == flaky.eshop_id:
-            raise ShoptetServerError("503", status_code=503)
-        return real_renew_ahead(eshop)
+    fetch = fetch_failing_for(
+        {
+            str(broken.oauth_access_token): RuntimeError("a bug"),
+            str(flaky.oauth_access_token): ShoptetServerError("503", status_code=503),
+        }
+    )
 
     with (
-        mock.patch.object(tokens, "renew_ahead", side_effect=renew_ahead),
+        mock.patch.object(renewal, "fetch_api_access_token", side_effect=fetch),
         mock.patch.object(
             tasks.renew_api_token, "apply_async", autospec=True
         ) as retried,
@@ -128,6 +150,171 @@ def test_one_shop_failing_never_stops_the_chunk(
     assert args == (flaky.eshop_id,)
     assert kwargs["countdown"] > 0
     assert f"eshop_id={broken.eshop_id}: token renewal failed" in caplog.text
+    # Failures are what operators see; every lock is released.
+    assert [
+        tokens.token_health(e.eshop_id)["failures"] for e in (broken, flaky, fine)
+    ] == [1, 1, 0]
+    assert not any(
+        get_redis().exists(tokens.renew_lock_key(e.eshop_id))
+        for e in (broken, flaky, fine)
+    )
+
+
+# --- The bulk steps ---------------------------------------------------------------------------------
+
+
+def renew_chunk(eshops: list[Eshop]) -> dict[int, Any]:
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        return tokens.renew_chunk_ahead(eshops, pool=pool)
+
+
+@pytest.mark.parametrize("size", [3, 9])
+def test_a_chunk_takes_three_redis_round_trips_whatever_its_size(
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[..., Eshop],
+    round_trips: list[str],
+    size: int,
+) -> None:
+    eshops = [install() for _ in range(size)]  # no token yet: every shop is due
+    round_trips.clear()
+
+    results = renew_chunk(eshops)
+
+    # Locks and expiries; reservations; the new tokens. (redis-py also checks the scripts of a
+    # pipeline with one SCRIPT EXISTS before sending it.)
+    assert round_trips == ["pipeline", "pipeline", "pipeline"]
+    assert results == {e.eshop_id: True for e in eshops}
+    assert [issued(shoptet_settings, e) for e in eshops] == [1] * size
+    tokens.clear_process_cache()
+    for eshop in eshops:
+        # The stored token is the new one, and the API takes it.
+        with ShoptetClient(eshop) as client:
+            client.get("/api/eshop")
+        assert issued(shoptet_settings, eshop) == 1
+        assert not get_redis().exists(tokens.renew_lock_key(eshop.eshop_id))
+
+
+def test_a_chunk_with_nothing_due_mints_nothing_and_releases_its_locks(
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[..., Eshop],
+    round_trips: list[str],
+) -> None:
+    eshops = [install() for _ in range(3)]
+    for eshop in eshops:
+        tokens.get_api_access_token(eshop)  # 1800 s tokens: far from due
+    round_trips.clear()
+
+    results = renew_chunk(eshops)
+
+    assert results == {e.eshop_id: False for e in eshops}
+    assert round_trips == ["pipeline", "pipeline"]
+    assert [issued(shoptet_settings, e) for e in eshops] == [1, 1, 1]
+    assert not any(
+        get_redis().exists(tokens.renew_lock_key(e.eshop_id)) for e in eshops
+    )
+
+
+def test_a_shop_whose_lock_another_process_holds_is_left_to_the_per_shop_path(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    busy, free = install(), install()
+    # Another process is renewing `busy`; its lock lapses soon (it crashed, say).
+    get_redis().set(tokens.renew_lock_key(busy.eshop_id), "someone-else", px=300)
+    real_renew_alone = chunk.renew_if_expiring
+
+    with mock.patch.object(
+        chunk, "renew_if_expiring", side_effect=real_renew_alone
+    ) as alone:
+        results = renew_chunk([busy, free])
+
+    # The bulk steps never minted beside the other holder: the per-shop path waited its lock out.
+    assert [call.args[0].eshop_id for call in alone.call_args_list] == [busy.eshop_id]
+    assert results == {busy.eshop_id: True, free.eshop_id: True}
+    assert [issued(shoptet_settings, e) for e in (busy, free)] == [1, 1]
+
+
+def test_at_the_cap_a_chunk_keeps_a_valid_token_and_refuses_without_one(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop], settings: Any
+) -> None:
+    settings.SHOPTET_TOKEN_CAP = 1
+    settings.SHOPTET_TOKEN_RENEW_JITTER = 0.0
+    kept, refused = install(), install()
+    for eshop in (kept, refused):
+        tokens.get_api_access_token(eshop)
+    # `kept` has 30 s left (due, still valid); `refused` has no stored token at all.
+    get_redis().hset(tokens.token_key(kept.eshop_id), "exp", time.time() + 30)
+    get_redis().delete(tokens.token_key(refused.eshop_id))
+
+    results = renew_chunk([kept, refused])
+
+    assert results[kept.eshop_id] is False
+    assert isinstance(results[refused.eshop_id], ShoptetMaxTokensReached)
+    assert [issued(shoptet_settings, e) for e in (kept, refused)] == [1, 1]
+    assert not any(
+        get_redis().exists(tokens.renew_lock_key(e.eshop_id)) for e in (kept, refused)
+    )
+
+
+def test_in_a_chunk_a_definite_failure_frees_its_slot_and_a_lost_answer_keeps_it(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    refused, lost = install(), install()
+    fetch = fetch_failing_for(
+        {
+            str(refused.oauth_access_token): ShoptetServerError("503", status_code=503),
+            # The connection dropped after the request went out: Shoptet may have minted.
+            str(lost.oauth_access_token): ShoptetConnectionError(
+                "reset", request_sent=True
+            ),
+        }
+    )
+
+    with mock.patch.object(renewal, "fetch_api_access_token", side_effect=fetch):
+        results = renew_chunk([refused, lost])
+
+    assert isinstance(results[refused.eshop_id], ShoptetServerError)
+    assert isinstance(results[lost.eshop_id], ShoptetConnectionError)
+    r = get_redis()
+    assert r.zcard(tokens.issued_key(refused.eshop_id)) == 0
+    [member] = r.zrange(tokens.issued_key(lost.eshop_id), 0, -1)
+    assert b":pending:" in member
+    assert not any(r.exists(tokens.renew_lock_key(e.eshop_id)) for e in (refused, lost))
+
+
+@pytest.mark.django_db(transaction=True)
+def test_getaccesstoken_401s_in_chunks_count_toward_suspension(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    shoptet_settings.token_lifetime = 20  # post-install's first token is due at once
+    eshop = install()
+    shoptet_settings.revoke_oauth_token(eshop.eshop_id)
+
+    statuses = []
+    for _ in range(tokens.OAUTH_REJECTIONS_BEFORE_SUSPEND):
+        outcomes = tasks.renew_token_chunk.apply(args=([eshop.eshop_id],)).get()
+        assert outcomes == {"failed": 1}
+        statuses.append(Eshop.objects.get(pk=eshop.pk).status)
+
+    assert statuses[-1] == Eshop.Status.SUSPENDED
+    assert set(statuses[:-1]) == {Eshop.Status.ACTIVE}
+
+
+def test_a_chunk_without_redis_fails_its_shops_in_one_line_and_mints_nothing(
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[..., Eshop],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    eshops = [install() for _ in range(3)]
+    unreachable = redis.Redis(port=1, socket_connect_timeout=0.2)
+
+    with mock.patch.object(chunk, "get_redis", return_value=unreachable):
+        outcomes = tasks.renew_token_chunk.apply(
+            args=([e.eshop_id for e in eshops],)
+        ).get()
+
+    assert outcomes == {"failed": 3}
+    assert caplog.text.count("token store unreachable") == 1
+    assert [issued(shoptet_settings, e) for e in eshops] == [0, 0, 0]
 
 
 # The verdict is written from a renewal thread, on a connection of its own: it must see committed rows.

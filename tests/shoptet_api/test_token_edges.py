@@ -327,3 +327,42 @@ def test_waiting_for_another_renewer_sleeps_through_the_patchable_sleep(
         0 < wait <= 0.2 for wait in waits
     )  # 10 ms growing to 100 ms, plus jitter
     assert minted(shoptet_settings, eshop) == 0
+
+
+# --- Health: written by failures only, gone with the next renewal -----------------------------------
+
+
+def test_a_healthy_tenant_holds_no_health_key_and_its_renewal_time_lives_with_the_token(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    before = time.time()
+
+    tokens.get_api_access_token(eshop)
+
+    assert not get_redis().exists(tokens.health_key(eshop.eshop_id))
+    health = tokens.token_health(eshop.eshop_id)
+    assert before <= health["renewed_at"] <= time.time()
+    assert health["failures"] == 0
+
+
+def test_failures_expire_and_the_next_renewal_clears_them(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    shoptet_settings.fail_next(2, status=503, path_prefix=GET_TOKEN)
+    for _ in range(2):
+        with pytest.raises(ShoptetServerError):
+            tokens.get_api_access_token(eshop)
+
+    r = get_redis()
+    health = tokens.token_health(eshop.eshop_id)
+    assert (health["failures"], health["renewed_at"]) == (2, None)
+    assert "ShoptetServerError" in health["last_error"]
+    # The record expires: an idle tenant's goes too.
+    assert r.ttl(tokens.health_key(eshop.eshop_id)) > 0
+
+    tokens.get_api_access_token(eshop)
+
+    assert not r.exists(tokens.health_key(eshop.eshop_id))
+    assert tokens.token_health(eshop.eshop_id)["failures"] == 0
