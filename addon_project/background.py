@@ -17,10 +17,13 @@ logger = logging.getLogger(__name__)
 
 # How long a process that is exiting (a recycled gunicorn worker) waits for work already handed over.
 DRAIN_ON_EXIT_SECONDS = 3.0
+# Work waiting for the thread, at most. A broker that hangs for a while must not grow a process's
+# memory without bound: past this, work is dropped with a warning and the sweeps recover it.
+MAX_WAITING = 10_000
 
 _Item = tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]
 _lock = threading.Lock()
-_queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
+_queue: queue.Queue[_Item] = queue.Queue(MAX_WAITING)
 _owner_pid: int | None = None
 
 
@@ -39,10 +42,18 @@ def in_background(work: Callable[..., Any], *args: Any) -> None:
         work(*args)
         return
     # The thread gets a copy of the caller's context, so a task it queues carries the request id.
-    _running_queue().put((contextvars.copy_context(), work, args))
+    try:
+        _running_queue().put_nowait((contextvars.copy_context(), work, args))
+    except queue.Full:
+        logger.warning(
+            "background work dropped: %s items already waiting (broker or Redis slow?); "
+            "the periodic sweeps will redo %s",
+            MAX_WAITING,
+            getattr(work, "__name__", work),
+        )
 
 
-def _running_queue() -> queue.SimpleQueue[_Item]:
+def _running_queue() -> queue.Queue[_Item]:
     """This process's queue, with its thread started (again, in a forked child)."""
     global _queue, _owner_pid
     pid = os.getpid()
@@ -50,7 +61,7 @@ def _running_queue() -> queue.SimpleQueue[_Item]:
         with _lock:
             if _owner_pid != pid:
                 # A fork copies the queue but not the thread: what the parent queued is the parent's.
-                _queue = queue.SimpleQueue()
+                _queue = queue.Queue(MAX_WAITING)
                 threading.Thread(
                     target=_serve, args=(_queue,), name="background", daemon=True
                 ).start()
@@ -58,10 +69,11 @@ def _running_queue() -> queue.SimpleQueue[_Item]:
     return _queue
 
 
-def _serve(items: queue.SimpleQueue[_Item]) -> None:
+def _serve(items: queue.Queue[_Item]) -> None:
     while True:
         context, work, args = items.get()
         context.run(_run_logged, work, args)
+        items.task_done()
 
 
 def _run_logged(work: Callable[..., Any], args: tuple[Any, ...]) -> None:
@@ -83,5 +95,8 @@ def _drain_before_exit() -> None:
     if _owner_pid != os.getpid():
         return
     done = threading.Event()
-    _queue.put((contextvars.copy_context(), done.set, ()))
+    try:
+        _queue.put_nowait((contextvars.copy_context(), done.set, ()))
+    except queue.Full:
+        return
     done.wait(DRAIN_ON_EXIT_SECONDS)

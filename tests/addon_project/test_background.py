@@ -51,3 +51,35 @@ def test_a_failing_piece_of_work_does_not_stop_the_next(
     assert done.wait(10)
     warning.assert_called_once()
     assert warning.call_args.args[1:] == ("broken", (), "ConnectionError")
+
+
+def test_work_beyond_the_waiting_limit_is_dropped_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
+    warning = mock.Mock()
+    monkeypatch.setattr(background.logger, "warning", warning)
+    # A fresh, small queue of this process (its thread starts on first use).
+    monkeypatch.setattr(background, "MAX_WAITING", 3)
+    monkeypatch.setattr(background, "_owner_pid", None)
+    monkeypatch.setattr(background, "_queue", background._queue)  # restored afterwards
+    release, started = threading.Event(), threading.Event()
+    ran: list[int] = []
+
+    def hang() -> None:  # a broker that hangs: the thread is stuck on this item
+        started.set()
+        release.wait(10)
+
+    in_background(hang)
+    assert started.wait(10)
+    for number in range(5):
+        in_background(ran.append, number)
+    dropped_while_full = warning.call_count
+    release.set()
+    background._queue.join()  # every item taken has been run
+
+    assert ran == [0, 1, 2]  # three waited; the fourth and fifth were dropped
+    assert dropped_while_full == 2
+    dropped = [c for c in warning.call_args_list if "dropped" in c.args[0]]
+    assert len(dropped) == 2
+    assert dropped[0].args[1:] == (3, "append")
