@@ -74,6 +74,8 @@ PAGES: dict[str, Callable[[Eshop], str]] = {
     "tenant list": lambda _: CHANGELIST,
     "tenant list, missing rights": lambda _: f"{CHANGELIST}?missing_rights=yes",
     "tenant list, setup not done": lambda _: f"{CHANGELIST}?setup_completed=no",
+    "tenant list, search id": lambda eshop: f"{CHANGELIST}?q={eshop.eshop_id}",
+    "tenant list, search text": lambda _: f"{CHANGELIST}?q=owner%40shop-",
     "tenant page": lambda eshop: f"{CHANGELIST}{eshop.pk}/change/",
     "dashboard": lambda _: "/admin/dashboard/",
     "sync states": lambda _: reverse("admin:sync_syncstate_changelist"),
