@@ -106,8 +106,9 @@ def run_slice(eshop_id: int, resource: str, full: bool = False) -> str:  # noqa:
 def schedule_due() -> int:
     """Queue a sync for every active tenant whose merchant enabled it and whose interval elapsed.
 
-    Only due runs are read, most overdue first (never synced before all), at most SCHEDULE_LIMIT
-    per tick: the database decides what is due, so a tick reads no tenant that is not.
+    The database decides what is due and returns only that, most overdue first (never synced
+    before all), at most SCHEDULE_LIMIT per tick (the rest the next tick). It still looks at each
+    sync-enabled tenant's state once; tenants that never switched sync on cost nothing.
     """
     now = timezone.now()
     due = sorted(
