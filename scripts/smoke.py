@@ -567,11 +567,11 @@ def request_id_carried_into_task(logs: Path) -> None:
         line
         for line in lines("worker")
         if line.get("request_id") in request_ids
-        and line.get("task") == "shoptet_api.process_webhook"
+        and line.get("task") == "shoptet_api.process_webhooks"
     ]
     if not carried:
         raise SmokeFailure(
-            f"no worker line of shoptet_api.process_webhook carries request id {request_ids}"
+            f"no worker line of shoptet_api.process_webhooks carries request id {request_ids}"
         )
     say(
         f"JSON logs: the webhook's request id {sorted(request_ids)[0]} is on the worker's task lines"

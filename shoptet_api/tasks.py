@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import redis
 from celery import Task, shared_task
@@ -247,6 +248,22 @@ def process_webhook(event_pk: int) -> None:
     # countdown past the broker's visibility timeout would be delivered early, and twice.
     if retry_in is not None and retry_in <= retry.MAX_COUNTDOWN:
         process_webhook.apply_async((event_pk,), countdown=retry_in)
+
+
+@shared_task(name="shoptet_api.process_webhooks")
+def process_webhooks(deliveries: list[list[Any]]) -> None:
+    """Run the inbox rows of deliveries that arrived together (webhooks.publish_received), each
+    on its own and under the request id of the request that received it: one that fails
+    schedules its own retry and never stops the others."""
+    for event_pk, request_id in deliveries:
+        with logging_context.bound(request_id=request_id):
+            # A row failing outside its handler stays claimable: redeliver_webhooks runs it again.
+            try:
+                process_webhook(int(event_pk))
+            except Exception:
+                logger.exception(
+                    "webhook event %s failed outside its handler", event_pk
+                )
 
 
 @shared_task(name="shoptet_api.redeliver_webhooks")

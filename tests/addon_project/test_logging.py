@@ -400,7 +400,7 @@ def test_a_task_queued_by_a_request_logs_its_request_id(
     handled = [r for r in parsed(lines()) if r["message"].startswith("handled")]
     assert len(handled) == 1
     assert handled[0]["request_id"] == response.headers["X-Request-ID"]
-    assert handled[0]["task"] == "shoptet_api.process_webhook"
+    assert handled[0]["task"] == "shoptet_api.process_webhooks"
     assert handled[0]["eshop_id"] == eshop.eshop_id
     assert handled[0]["task_id"]
 
@@ -428,7 +428,7 @@ def test_a_real_worker_logs_the_request_id_of_the_delivery(
     handled = [r for r in parsed(lines()) if r["message"].startswith("handled")]
     assert len(handled) == 1
     assert handled[0]["request_id"] == response.headers["X-Request-ID"]
-    assert handled[0]["task"] == "shoptet_api.process_webhook"
+    assert handled[0]["task"] == "shoptet_api.process_webhooks"
     assert handled[0]["eshop_id"] == eshop.eshop_id
 
 
