@@ -358,6 +358,11 @@ SHOPTET_WEBHOOK_ALLOWED_NETWORKS = [
 ]
 # Failed handlers retry with backoff up to this many attempts, then wait in the dead-letter state.
 SHOPTET_WEBHOOK_MAX_ATTEMPTS = env.int("SHOPTET_WEBHOOK_MAX_ATTEMPTS", default=5)
+# The hourly reconciliation checks each active e-shop's registrations once per this many hours
+# (a slice of the tenants per run): an API call per tenant per hour would grow with all tenants.
+SHOPTET_WEBHOOK_RECONCILE_HOURS = env.int("SHOPTET_WEBHOOK_RECONCILE_HOURS", default=24)
+if SHOPTET_WEBHOOK_RECONCILE_HOURS < 1:
+    raise ImproperlyConfigured("SHOPTET_WEBHOOK_RECONCILE_HOURS must be at least 1")
 # Data of uninstalled e-shops is deleted this many days after the uninstall.
 SHOPTET_UNINSTALLED_RETENTION_DAYS = env.int(
     "SHOPTET_UNINSTALLED_RETENTION_DAYS", default=30

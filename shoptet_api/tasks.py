@@ -293,10 +293,17 @@ def redeliver_webhooks() -> int:
 
 @shared_task(name="shoptet_api.reconcile_webhooks")
 def reconcile_webhooks() -> int:
-    """Beat entry point: check every active e-shop's registrations (one task each)."""
+    """Beat entry point (hourly): check the registrations of this hour's slice of the active
+    e-shops, one task each, so each is checked once per SHOPTET_WEBHOOK_RECONCILE_HOURS."""
+    hours = settings.SHOPTET_WEBHOOK_RECONCILE_HOURS
+    this_slice = int(time.time() // 3600) % hours
     count = 0
     for eshop_id in (
-        Eshop.objects.active().values_list("eshop_id", flat=True).iterator()
+        Eshop.objects.active()
+        .annotate(reconcile_slice=models.F("eshop_id") % hours)
+        .filter(reconcile_slice=this_slice)
+        .values_list("eshop_id", flat=True)
+        .iterator()
     ):
         sync_eshop_webhooks.apply_async((eshop_id,), countdown=random.uniform(0, 600))  # noqa: S311 (spread)
         count += 1

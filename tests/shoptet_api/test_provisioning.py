@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 import pytest
 from django.db import connection, connections
@@ -426,8 +427,9 @@ def test_without_a_webhook_url_nothing_is_registered(
 
 
 def test_reconcile_repairs_every_active_eshop_and_skips_the_others(
-    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop], settings: Settings
 ) -> None:
+    settings.SHOPTET_WEBHOOK_RECONCILE_HOURS = 1  # every tenant in every run
     active, suspended = install(), install()
     for eshop in (active, suspended):
         provisioning.complete_install(eshop)
@@ -475,3 +477,30 @@ def test_refresh_eshop_details_ignores_a_url_that_is_not_http(
     provisioning.refresh_eshop_details(eshop)
 
     assert Eshop.objects.get(pk=eshop.pk).url == "https://puvodni.myshoptet.com/"
+
+
+def test_reconcile_checks_each_active_eshop_once_per_reconcile_hours(
+    eshop_factory: Callable[..., Eshop], settings: Settings
+) -> None:
+    settings.SHOPTET_WEBHOOK_RECONCILE_HOURS = 4
+    eshops = [eshop_factory() for _ in range(10)]
+    eshop_factory(status=Eshop.Status.SUSPENDED)
+    queued: list[int] = []
+    with mock.patch.object(
+        tasks.sync_eshop_webhooks,
+        "apply_async",
+        side_effect=lambda args, **_: queued.append(args[0]),
+    ):
+        runs = []
+        for hour in range(8):  # two rounds of four hourly runs
+            with mock.patch(
+                "shoptet_api.tasks.time.time", return_value=hour * 3600.0 + 5
+            ):
+                runs.append(tasks.reconcile_webhooks())
+
+    # Each run takes one slice; over four hours every active e-shop once, the suspended never.
+    assert runs == [
+        sum(1 for e in eshops if e.eshop_id % 4 == hour % 4) for hour in range(8)
+    ]
+    assert max(runs) < len(eshops)
+    assert sorted(queued) == sorted(e.eshop_id for e in eshops for _ in range(2))
