@@ -1,7 +1,8 @@
 """Token health for operators: renewal failures in a row, the last error, tokens against the cap.
 
-Only failures write the health hash (with a TTL): a renewal deletes it (STORE_TOKEN) and keeps
-its time in the token hash, so a healthy tenant holds no health key at all.
+Only failures write the health hash (with a TTL): a renewal deletes it (STORE_TOKEN), so a
+healthy tenant holds no health key at all. The last renewal's time is its token's expiry minus
+its lifetime (when the getAccessToken call began).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def token_health_many(eshop_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
     now = time.time()
     pipe = get_redis().pipeline(transaction=False)
     for eshop_id in eshop_ids:
-        pipe.hmget(token_key(eshop_id), ("exp", "renewed"))
+        pipe.hmget(token_key(eshop_id), ("exp", "life"))
         pipe.zcount(issued_key(eshop_id), now, "+inf")
         pipe.hgetall(health_key(eshop_id))
     answers = pipe.execute() if eshop_ids else []
@@ -76,7 +77,7 @@ def token_health_many(eshop_ids: Sequence[int]) -> dict[int, dict[str, Any]]:
 def _health(
     now: float, token: list[Any], valid: Any, health: dict[Any, Any]
 ) -> dict[str, Any]:
-    exp, renewed = token
+    exp, life = token
     fields = {
         (k.decode() if isinstance(k, bytes) else k): (
             v.decode() if isinstance(v, bytes) else v
@@ -87,8 +88,8 @@ def _health(
         "expires_in": round(float(exp) - now) if exp else None,
         "valid_tokens": int(valid),
         "cap": token_cap(),
-        # While the token lasts (a tenant idle for longer has none, and no renewal to show).
-        "renewed_at": float(renewed) if renewed else None,
+        # Known while the token lasts (a tenant idle for longer has none).
+        "renewed_at": float(exp) - float(life) if exp and life else None,
         "failures": int(fields.get("failures") or 0),
         "last_error": fields.get("last_error") or None,
         "last_error_at": float(fields["last_error_at"])

@@ -6,6 +6,7 @@ All keys of one e-shop share the hash tag `{eshop:<id>}`, so each script touches
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import dataclasses
 import hashlib
@@ -95,20 +96,20 @@ return longest
 
 
 # KEYS[1] token hash, KEYS[2] issued set, KEYS[3] health hash, KEYS[4] renewal lock; ARGV: pending
-# reservation, issued member, encrypted token, fingerprint, expiry (the minting host's epoch, for
-# readers), lifetime, OAuth fingerprint, renewal time, lock owner. Replaces the reservation by the
-# token, stores it and releases the lock if we still own it, atomically and in one round trip.
-# A renewal ends a run of failures: the health hash (written only by failures) goes, so a healthy
-# tenant keeps no health key at all; the renewal time lives in the token hash.
+# reservation, issued member, the encrypted token's two parts (see ciphertext_parts), fingerprint,
+# expiry (the minting host's epoch, for readers), lifetime, OAuth fingerprint, lock owner. Replaces
+# the reservation by the token, stores it and releases the lock if we still own it, atomically and
+# in one round trip. A renewal ends a run of failures: the health hash (written only by failures)
+# goes, so a healthy tenant holds no health key at all.
 STORE_TOKEN = (
     _REDIS_NOW
     + _EXTEND_TTL
     + """
-local life = tonumber(ARGV[6])
+local life = tonumber(ARGV[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[2], now + life, ARGV[2])
 extend(KEYS[2], math.ceil(life * 1000) + 60000)
-redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'fp', ARGV[4], 'exp', ARGV[5], 'life', ARGV[6], 'ofp', ARGV[7], 'renewed', ARGV[8])
+redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'ct2', ARGV[4], 'fp', ARGV[5], 'exp', ARGV[6], 'life', ARGV[7], 'ofp', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
 redis.call('DEL', KEYS[3])
 if redis.call('GET', KEYS[4]) == ARGV[9] then redis.call('DEL', KEYS[4]) end
@@ -225,6 +226,7 @@ def store_token(
     `pending` in the issued set, becomes the e-shop's stored token (encrypted), ends a run of
     failures, and the renewal lock is released if `lock_owner` still holds it."""
     fp = fingerprint_of(cached.token)
+    first, rest = ciphertext_parts(encrypt(cached.token))
     lua(STORE_TOKEN)(
         keys=[
             token_key(eshop_id),
@@ -235,12 +237,12 @@ def store_token(
         args=[
             pending,
             issued_member(cached),
-            encrypt(cached.token),
+            first,
+            rest,
             fp,
             cached.expires_at,
             cached.lifetime,
             cached.oauth_fp,
-            time.time(),
             lock_owner,
         ],
         client=client,
@@ -311,7 +313,25 @@ def record_unrecorded(r: redis.Redis, eshop_id: int) -> None:
     )
 
 
-_STORED_FIELDS = ("ct", "exp", "life", "ofp")
+# Redis keeps a small hash compact (a listpack, half the memory of a hash table) only while every
+# value is at most hash-max-listpack-value bytes (64 by default). The Fernet token of a 38-60
+# character API token is 121 bytes raw (164 in base64), so it is stored raw, in two fields.
+_LISTPACK_VALUE_MAX = 64
+
+
+def ciphertext_parts(ciphertext: str) -> tuple[bytes, bytes]:
+    """A Fernet token (base64 text) as two raw parts to store in the `ct` and `ct2` fields."""
+    raw = base64.urlsafe_b64decode(ciphertext)
+    return raw[:_LISTPACK_VALUE_MAX], raw[_LISTPACK_VALUE_MAX:]
+
+
+def _ciphertext(ct: bytes, ct2: bytes | None) -> str:
+    if ct2 is None:  # stored before the split: base64 text in `ct` alone
+        return ct.decode()
+    return base64.urlsafe_b64encode(ct + ct2).decode()
+
+
+_STORED_FIELDS = ("ct", "ct2", "exp", "life", "ofp")
 
 
 def read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
@@ -335,15 +355,14 @@ def lock_and_read(
 
 
 def _decoded(r: redis.Redis, eshop_id: int, fields: list[Any]) -> CachedToken | None:
-    if not fields[0] or not fields[1]:
+    ct, ct2, exp, life, ofp = fields
+    if not ct or not exp:
         return None
     try:
-        token = decrypt(
-            fields[0].decode() if isinstance(fields[0], bytes) else str(fields[0])
-        )
-    except DecryptionError:
-        # Encrypted under a key that has since left FIELD_ENCRYPTION_KEYS (rotation): a 30-minute
-        # token is not worth keeping; treat it as missing and renew.
+        token = decrypt(_ciphertext(ct, ct2))
+    except (DecryptionError, ValueError):
+        # Encrypted under a key that has since left FIELD_ENCRYPTION_KEYS (rotation), or mangled:
+        # a 30-minute token is not worth keeping; treat it as missing and renew.
         logger.warning(
             "eshop_id=%s: stored API token not decryptable with current keys; renewing",
             eshop_id,
@@ -352,9 +371,9 @@ def _decoded(r: redis.Redis, eshop_id: int, fields: list[Any]) -> CachedToken | 
         return None
     return CachedToken(
         token=token,
-        expires_at=float(fields[1]),
-        lifetime=float(fields[2] or fields[1]),
-        oauth_fp=fields[3].decode() if isinstance(fields[3], bytes) else "",
+        expires_at=float(exp),
+        lifetime=float(life or exp),
+        oauth_fp=ofp.decode() if isinstance(ofp, bytes) else "",
     )
 
 

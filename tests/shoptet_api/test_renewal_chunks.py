@@ -28,13 +28,16 @@ from shoptet_api.errors import (
     ShoptetMaxTokensReached,
     ShoptetServerError,
 )
-from shoptet_api.tokens import chunk, renewal
+from shoptet_api.oauth import fetch_api_access_token
+from shoptet_api.tokens import chunk
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
 
 ROOT = Path(__file__).resolve().parents[2]
 GET_TOKEN = "/action/ApiOAuthServer/getAccessToken"
+# The name the broker calls getAccessToken by.
+FETCH = "shoptet_api.tokens.renewal.fetch_api_access_token"
 
 
 def issued(emulator: ShoptetEmulator, eshop: Eshop) -> int:
@@ -110,12 +113,11 @@ def fetch_failing_for(
     failures: dict[str, Exception],
 ) -> Callable[..., Any]:
     """getAccessToken that raises `failures[oauth_token]` for those shops, else asks the emulator."""
-    real_fetch = renewal.fetch_api_access_token
 
     def fetch(*, oauth_token: str) -> Any:
         if oauth_token in failures:
             raise failures[oauth_token]
-        return real_fetch(oauth_token=oauth_token)
+        return fetch_api_access_token(oauth_token=oauth_token)
 
     return fetch
 
@@ -134,7 +136,7 @@ def test_one_shop_failing_never_stops_the_chunk(
     )
 
     with (
-        mock.patch.object(renewal, "fetch_api_access_token", side_effect=fetch),
+        mock.patch(FETCH, side_effect=fetch),
         mock.patch.object(
             tasks.renew_api_token, "apply_async", autospec=True
         ) as retried,
@@ -220,10 +222,9 @@ def test_a_shop_whose_lock_another_process_holds_is_left_to_the_per_shop_path(
     busy, free = install(), install()
     # Another process is renewing `busy`; its lock lapses soon (it crashed, say).
     get_redis().set(tokens.renew_lock_key(busy.eshop_id), "someone-else", px=300)
-    real_renew_alone = chunk.renew_if_expiring
-
-    with mock.patch.object(
-        chunk, "renew_if_expiring", side_effect=real_renew_alone
+    with mock.patch(
+        "shoptet_api.tokens.chunk.renew_if_expiring",
+        side_effect=tokens.renew_if_expiring,
     ) as alone:
         results = renew_chunk([busy, free])
 
@@ -269,7 +270,7 @@ def test_in_a_chunk_a_definite_failure_frees_its_slot_and_a_lost_answer_keeps_it
         }
     )
 
-    with mock.patch.object(renewal, "fetch_api_access_token", side_effect=fetch):
+    with mock.patch(FETCH, side_effect=fetch):
         results = renew_chunk([refused, lost])
 
     assert isinstance(results[refused.eshop_id], ShoptetServerError)

@@ -3,6 +3,7 @@ margins, lifecycle answers and a Redis outage in the middle of a run."""
 
 from __future__ import annotations
 
+import base64
 import io
 import logging
 import shutil
@@ -18,6 +19,7 @@ import pytest
 import redis
 from django.core.management import call_command
 
+from addon_project.encryption import decrypt, encrypt
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
 from oauth.services import install_addon
@@ -74,7 +76,31 @@ def test_token_is_stored_encrypted_in_redis(
     stored: dict[bytes, bytes] = raw
 
     assert token.encode() not in b"".join(stored.keys()) + b"".join(stored.values())
-    assert stored[b"ct"].startswith(b"gAAAA")
+    # A Fernet token, stored raw in two parts (version byte 0x80 first).
+    fernet_token = base64.urlsafe_b64encode(stored[b"ct"] + stored[b"ct2"])
+    assert fernet_token.startswith(b"gAAAA")
+    assert decrypt(fernet_token.decode()) == token
+    # Every value fits a compact hash (listpack): half the memory of a hash table.
+    assert max(len(value) for value in stored.values()) <= 64
+    assert (
+        get_redis().object("encoding", tokens.token_key(eshop.eshop_id)) == b"listpack"
+    )
+
+
+def test_a_token_stored_before_the_ciphertext_was_split_is_still_read(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    token = tokens.get_api_access_token(eshop)
+    r = get_redis()
+    key = tokens.token_key(eshop.eshop_id)
+    # The earlier layout: the Fernet token as base64 text in `ct`, no `ct2`.
+    r.hset(key, "ct", encrypt(token))
+    r.hdel(key, "ct2")
+    tokens.clear_process_cache()
+
+    assert tokens.get_api_access_token(eshop) == token
+    assert minted(shoptet_settings, eshop) == 1
 
 
 def test_fifty_threads_cause_one_fetch(
