@@ -6,10 +6,13 @@ Lua call: drop stale leases, add ours if fewer than the limit) and gives it back
 crashed process's leases expire on their own. Each answer's `X-RateLimit-Bucket-Filling` is stored,
 and the next caller pauses in proportion once the estimated level is past the slowdown threshold.
 
-One Redis round trip per request: giving a lease back (with the answer's bucket reading) is not a
-call of its own. It waits in this process and rides along with the next acquire for the same
-e-shop; what is still waiting after RELEASE_DELAY is sent by a background thread in one pipeline.
-A returned lease is therefore counted a few milliseconds too long, never too short: the limit holds.
+At most one Redis round trip per request, usually none. A lease given back stays in this process
+for RELEASE_DELAY: the next request of the same e-shop in this process takes it over without asking
+Redis (it was granted REUSE_WINDOW longer than one request needs, for this), pacing itself by the
+bucket reading its own last answer carried. What is still idle after RELEASE_DELAY goes back to
+Redis from a background thread, in one pipeline with the readings; leases that a request's acquire
+finds idle ride along with its script. A lease is therefore counted a few milliseconds too long,
+never too short: the limit holds.
 """
 
 from __future__ import annotations
@@ -40,8 +43,11 @@ logger = logging.getLogger(__name__)
 
 # The longest pause bucket pacing imposes on one request.
 MAX_BUCKET_PAUSE = 10.0
-# How long a returned lease may wait for the next acquire to carry it before it is sent alone.
+# How long a lease given back stays idle in this process, for its next request to take over.
 RELEASE_DELAY = 0.005
+# How much longer than one request needs a lease is granted, so that requests following each other
+# can take it over. A crashed process's leases block the e-shop's slots this much longer.
+REUSE_WINDOW = 10.0
 
 # Lua shared by both scripts. KEYS[1] leases, KEYS[2] bucket. give_back(i) removes the leases in
 # ARGV[i+3..] and stores the reading ARGV[i] level, ARGV[i+1] max, ARGV[i+2] age in seconds ('' = no
@@ -124,82 +130,115 @@ class Slot:
 
 
 @dataclasses.dataclass
-class _Returned:
-    """One e-shop's leases given back in this process but not yet in Redis, and its latest reading."""
+class _Lease:
+    id: str
+    covers_until: float  # time.monotonic() until which Redis surely keeps it
 
-    leases: list[str] = dataclasses.field(default_factory=list)
+
+@dataclasses.dataclass
+class _Idle:
+    """One e-shop's leases this process holds without using them, and its latest bucket reading."""
+
+    leases: list[_Lease] = dataclasses.field(default_factory=list)
     reading: tuple[float, float] | None = None
     read_at: float = 0.0  # time.monotonic() of the reading
+    reading_sent: bool = True
 
-    def args(self) -> list[str | float]:
-        """The give_back arguments (see _GIVE_BACK_FUNCTION)."""
-        if self.reading is None:
+    def give_back_args(self) -> list[str | float]:
+        """The give_back arguments (see _GIVE_BACK_FUNCTION): the unsent reading, every lease."""
+        if self.reading is None or self.reading_sent:
             head: list[str | float] = ["", "", ""]
         else:
-            age = max(0.0, time.monotonic() - self.read_at)
-            head = [self.reading[0], self.reading[1], age]
-        return [*head, *self.leases]
+            head = [*self.reading, self.age()]
+        return [*head, *(lease.id for lease in self.leases)]
+
+    def age(self) -> float:
+        return max(0.0, time.monotonic() - self.read_at)
 
 
-class _Returns:
-    """Leases given back in this process, waiting to ride along with the next acquire (see the
-    module docstring); a daemon thread sends what is still waiting after RELEASE_DELAY."""
+class _IdleLeases:
+    """The leases this process holds between requests (see the module docstring); a daemon thread
+    gives back what is still idle after RELEASE_DELAY."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._waiting: dict[int, _Returned] = {}
+        self._idle: dict[int, _Idle] = {}
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def take_over(
+        self, eshop_id: int, lease_seconds: float
+    ) -> tuple[_Lease, float] | None:
+        """An idle lease that covers a request of `lease_seconds`, and the pause its e-shop's last
+        reading asks for; None when there is none."""
+        now = time.monotonic()
+        need = now + lease_seconds + MAX_BUCKET_PAUSE
+        with self._lock:
+            idle = self._idle.get(eshop_id)
+            if idle is None:
+                return None
+            for index, lease in enumerate(idle.leases):
+                if lease.covers_until >= need:
+                    del idle.leases[index]
+                    break
+            else:
+                return None
+            reading, age = idle.reading, idle.age()
+        pause = bucket_pause(reading[0], reading[1], -age, 0.0) if reading else 0.0
+        return lease, pause
+
     def give_back(
-        self, eshop_id: int, lease: str, reading: tuple[float, float] | None
+        self, eshop_id: int, lease: _Lease, reading: tuple[float, float] | None
     ) -> None:
         with self._lock:
-            returned = self._waiting.setdefault(eshop_id, _Returned())
-            returned.leases.append(lease)
+            idle = self._idle.setdefault(eshop_id, _Idle())
+            idle.leases.append(lease)
             if reading is not None:
-                returned.reading, returned.read_at = reading, time.monotonic()
+                idle.reading, idle.read_at = reading, time.monotonic()
+                idle.reading_sent = False
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=self._run, name="shoptet-lease-returns", daemon=True
+                    target=self._run, name="shoptet-idle-leases", daemon=True
                 )
                 self._thread.start()
         self._wake.set()
 
-    def take(self, eshop_id: int) -> _Returned | None:
+    def take(self, eshop_id: int) -> _Idle | None:
+        """Everything idle of the e-shop, for an acquire script to give back."""
         with self._lock:
-            return self._waiting.pop(eshop_id, None)
+            return self._idle.pop(eshop_id, None)
 
-    def put_back(self, eshop_id: int, returned: _Returned) -> None:
+    def put_back(self, eshop_id: int, idle: _Idle) -> None:
         """Keep what a failed call could not deliver (a lost reading only costs pacing accuracy)."""
         with self._lock:
-            waiting = self._waiting.setdefault(eshop_id, _Returned())
-            waiting.leases[:0] = returned.leases
+            waiting = self._idle.setdefault(eshop_id, _Idle())
+            waiting.leases[:0] = idle.leases
             if waiting.reading is None:
-                waiting.reading, waiting.read_at = returned.reading, returned.read_at
+                waiting.reading, waiting.read_at = idle.reading, idle.read_at
+                waiting.reading_sent = idle.reading_sent
 
     def flush(self) -> None:
-        """Send every waiting return now, in one pipeline. Redis errors are logged and dropped:
-        the leases then expire on their own, as a crashed process's do."""
+        """Give every idle lease back now, with the unsent readings, in one pipeline. Redis errors
+        are logged and dropped: the leases then expire on their own, as a crashed process's do."""
         with self._lock:
-            waiting, self._waiting = self._waiting, {}
-        if not waiting:
+            idle, self._idle = self._idle, {}
+        if not idle:
             return
         try:
             r = get_redis()
             script = lua(_GIVE_BACK)
             pipe = r.pipeline(transaction=False)
-            for eshop_id, returned in waiting.items():
+            for eshop_id, held in idle.items():
                 script(
                     keys=[leases_key(eshop_id), bucket_key(eshop_id)],
-                    args=returned.args(),
+                    args=held.give_back_args(),
                     client=pipe,
                 )
             pipe.execute()
         except redis.RedisError as exc:
             logger.warning(
                 "in-flight leases of %s e-shop(s) not returned (%s); they expire on their own",
-                len(waiting),
+                len(idle),
                 type(exc).__name__,
             )
 
@@ -207,21 +246,21 @@ class _Returns:
         while True:
             self._wake.wait()
             self._wake.clear()
-            # Give the next acquire the chance to carry them; send what it did not.
+            # Give the next request the chance to take them over; give back what it did not.
             time.sleep(RELEASE_DELAY)
             self.flush()
 
     def reset_after_fork(self) -> None:
-        # A forked child has copies of the parent's waiting leases and lock but not its thread;
-        # the parent returns its own leases.
+        # A forked child has copies of the parent's idle leases and lock but not its thread; the
+        # leases are the parent's to use and give back.
         self._lock = threading.Lock()
-        self._waiting = {}
+        self._idle = {}
         self._wake = threading.Event()
         self._thread = None
 
 
-_returns = _Returns()
-atexit.register(_returns.flush)
+_idle_leases = _IdleLeases()
+atexit.register(_idle_leases.flush)
 
 # Lease ids: unique per process (a random tag) and per lease (a counter); cheaper than uuid4,
 # which reads the OS's randomness on every call.
@@ -236,15 +275,15 @@ def _new_lease_id() -> str:
 def _after_fork_in_child() -> None:
     global _lease_tag
     _lease_tag = uuid.uuid4().hex[:12]
-    _returns.reset_after_fork()
+    _idle_leases.reset_after_fork()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def flush_returned_leases() -> None:
-    """Send the leases this process has given back to Redis now (tests, shutdown)."""
-    _returns.flush()
+    """Give the leases this process holds idle back to Redis now (tests, shutdown)."""
+    _idle_leases.flush()
 
 
 @contextlib.contextmanager
@@ -253,15 +292,13 @@ def request_slot(
 ) -> Iterator[Slot]:
     """Hold one of the e-shop's in-flight slots (and respect bucket pacing) around one request.
 
-    One Redis round trip: the acquire script also gives back this process's returned leases of the
-    e-shop and reads the bucket; this lease's return waits for the next acquire (module docstring).
+    At most one Redis round trip (module docstring): an idle lease of this process is taken over,
+    else the acquire script runs, giving back this process's idle leases of the e-shop as it goes.
     """
     slot = Slot()
     try:
-        r = get_redis()
-        lease = _new_lease_id()
-        pause = _acquire(
-            r, eshop_id, lease, deadline=deadline, lease_seconds=lease_seconds
+        lease, pause = _idle_leases.take_over(eshop_id, lease_seconds) or _acquire(
+            get_redis(), eshop_id, deadline=deadline, lease_seconds=lease_seconds
         )
     except redis.RedisError as exc:
         logger.warning(
@@ -281,39 +318,47 @@ def request_slot(
             sleep(pause)
         yield slot
     finally:
-        _returns.give_back(eshop_id, lease, parse_bucket_filling(slot.bucket_filling))
+        _idle_leases.give_back(
+            eshop_id, lease, parse_bucket_filling(slot.bucket_filling)
+        )
 
 
 def _acquire(
-    r: redis.Redis, eshop_id: int, lease: str, *, deadline: float, lease_seconds: float
-) -> float:
+    r: redis.Redis, eshop_id: int, *, deadline: float, lease_seconds: float
+) -> tuple[_Lease, float]:
+    """A new lease from Redis (waiting for a free slot until `deadline`), and the pause the
+    stored bucket reading asks for."""
     limit = settings.SHOPTET_MAX_IN_FLIGHT
+    # The lease also covers a bucket pause taken while holding it, and requests taking it over.
+    granted = lease_seconds + MAX_BUCKET_PAUSE + REUSE_WINDOW
     delay = 0.01
     waited_since: float | None = None
     while True:
-        returned = _returns.take(eshop_id)
+        lease = _Lease(_new_lease_id(), covers_until=time.monotonic() + granted)
+        idle = _idle_leases.take(eshop_id)
         try:
             acquired, level, maximum, age = lua(_ACQUIRE)(
                 keys=[leases_key(eshop_id), bucket_key(eshop_id)],
-                # The lease also covers a bucket pause taken while holding it.
                 args=[
                     limit,
-                    lease,
-                    lease_seconds + MAX_BUCKET_PAUSE,
-                    *(returned.args() if returned else ["", "", ""]),
+                    lease.id,
+                    granted,
+                    *(idle.give_back_args() if idle else ["", "", ""]),
                 ],
                 client=r,
             )
         except redis.RedisError:
-            if returned is not None:
-                _returns.put_back(eshop_id, returned)
+            if idle is not None:
+                _idle_leases.put_back(eshop_id, idle)
             raise
         if int(acquired):
             if waited_since is not None:
                 metrics.observe_slot_wait("acquired", time.monotonic() - waited_since)
             if level and maximum and age:
-                return bucket_pause(float(level), float(maximum), -float(age), 0.0)
-            return 0.0
+                return lease, bucket_pause(
+                    float(level), float(maximum), -float(age), 0.0
+                )
+            return lease, 0.0
         waited_since = waited_since or time.monotonic()
         if time.monotonic() + delay > deadline:
             metrics.observe_slot_wait("timeout", time.monotonic() - waited_since)

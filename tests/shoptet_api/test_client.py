@@ -19,7 +19,7 @@ from addon_project import activity
 from eshops.models import Eshop
 from oauth import services
 from shoptet_api import client as client_module
-from shoptet_api import tokens, transport
+from shoptet_api import limiter, tokens, transport
 from shoptet_api.client import ShoptetClient, endpoint_label
 from shoptet_api.errors import (
     AddonNotInstalled,
@@ -852,17 +852,35 @@ def test_a_long_lived_client_notices_a_suspension_made_elsewhere(
     assert shoptet_settings.stats.api_requests[installed_eshop.eshop_id] == 1
 
 
-def test_an_api_call_costs_one_redis_round_trip_once_the_token_is_in_memory(
+def test_api_calls_following_each_other_cost_no_redis_round_trip(
     api: ShoptetClient, round_trips: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    api.get("/api/eshop")  # mints the token, loads the scripts, notes the activity
-    # Activity notes and counter flushes are periodic, not per call: keep them out of the count.
+    api.get("/api/eshop")  # mints the token, takes a lease, notes the activity
+    # Activity notes and counter flushes are periodic, not per call: keep them out of the count;
+    # hold the idle lease as if each call followed the last within the limiter's RELEASE_DELAY.
     monkeypatch.setattr(tokens.store, "ACTIVITY_NOTE_INTERVAL", 1e9)
     monkeypatch.setattr(activity, "_next_flush", float("inf"))
+    monkeypatch.setattr(limiter._idle_leases, "flush", lambda: None)
     round_trips.clear()
 
     for _ in range(10):
         api.get("/api/eshop")
 
-    # The in-flight lease: one script call each, its return riding along with the next one.
-    assert round_trips == ["EVALSHA"] * 10
+    # Each call took over the in-flight lease the previous one left idle.
+    assert round_trips == []
+
+
+def test_an_api_call_after_a_pause_costs_one_redis_round_trip(
+    api: ShoptetClient, round_trips: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    api.get("/api/eshop")
+    monkeypatch.setattr(tokens.store, "ACTIVITY_NOTE_INTERVAL", 1e9)
+    monkeypatch.setattr(activity, "_next_flush", float("inf"))
+    calls = []
+    for _ in range(3):
+        limiter.flush_returned_leases()  # the idle lease went back, as after RELEASE_DELAY
+        round_trips.clear()
+        api.get("/api/eshop")
+        calls.append(round_trips[:])
+
+    assert calls == [["EVALSHA"]] * 3
