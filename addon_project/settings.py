@@ -308,8 +308,9 @@ SHOPTET_TOKEN_ACTIVE_WINDOW = env.float("SHOPTET_TOKEN_ACTIVE_WINDOW", default=9
 # Proactive renewals happen up to this many seconds before the margin, at random, to spread load.
 SHOPTET_TOKEN_RENEW_JITTER = env.float("SHOPTET_TOKEN_RENEW_JITTER", default=20.0)
 # The sweep queues shops due together as one task of at most RENEW_CHUNK shops; a worker process
-# renews a chunk RENEW_THREADS at a time (renewals wait on Shoptet, not on CPU).
-SHOPTET_TOKEN_RENEW_CHUNK = env.int("SHOPTET_TOKEN_RENEW_CHUNK", default=100)
+# renews a chunk RENEW_THREADS at a time (renewals wait on Shoptet, not on CPU). A chunk of a
+# multiple of RENEW_THREADS keeps every thread busy to its end.
+SHOPTET_TOKEN_RENEW_CHUNK = env.int("SHOPTET_TOKEN_RENEW_CHUNK", default=128)
 SHOPTET_TOKEN_RENEW_THREADS = env.int("SHOPTET_TOKEN_RENEW_THREADS", default=16)
 if SHOPTET_TOKEN_RENEW_CHUNK < 1 or SHOPTET_TOKEN_RENEW_THREADS < 1:
     raise ImproperlyConfigured(

@@ -75,7 +75,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--chunk",
         type=int,
-        default=100,
+        default=128,
         help="shops per renew_token_chunk (SHOPTET_TOKEN_RENEW_CHUNK)",
     )
     parser.add_argument(

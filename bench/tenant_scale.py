@@ -341,7 +341,7 @@ def seed(seeded: Seeded, upto: int, first_id: int) -> None:
 def seed_redis(seeded: Seeded, eshop_ids: list[int]) -> None:
     """What an active tenant holds in Redis, copied from the one that called the API for real."""
     from addon_project.redis_client import get_redis
-    from addon_project.redis_keys import health_key, issued_key, token_key
+    from addon_project.redis_keys import issued_key, token_key
     from shoptet_api.tokens import health
 
     r = get_redis()
@@ -353,7 +353,6 @@ def seed_redis(seeded: Seeded, eshop_ids: list[int]) -> None:
             pipe.pexpire(token_key(eshop_id), seeded.token_ttl_ms)
             pipe.zadd(issued_key(eshop_id), {f"bench:{eshop_id}": now + 1800})
             pipe.pexpire(issued_key(eshop_id), seeded.token_ttl_ms + 60_000)
-            pipe.hset(health_key(eshop_id), mapping={"renewed_at": now, "failures": 0})
             pipe.zadd(token_activity_key_(), {str(eshop_id): now})
         pipe.execute()
     for eshop_id in eshop_ids[3::1000]:  # 0.1 %: their last renewals failed

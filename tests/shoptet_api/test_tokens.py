@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from unittest import mock
 
 import pytest
 import redis
@@ -32,6 +33,7 @@ from shoptet_api.errors import (
     ShoptetMaxTokensReached,
     ShoptetOAuthError,
 )
+from shoptet_api.tokens import renewal
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -454,8 +456,18 @@ def test_concurrent_forced_renewals_mint_one_token(
         0.2, path_prefix="/action/ApiOAuthServer/getAccessToken"
     )
 
-    # Ten operators press "renew now" at once: one new token, not ten.
-    results = in_threads(10, lambda: tokens.renew_if_expiring(eshop, within=10**9))
+    # Ten operators press "renew now" at once: one new token, not ten. "At once" is made exact:
+    # every call has taken its start time before any goes on (on a loaded machine a late thread
+    # would otherwise start after the first mint began, and rightly want a newer token).
+    started = threading.Barrier(10)
+    renew_shared = renewal._renew_shared
+
+    def after_all_started(*args: Any, **kwargs: Any) -> Any:
+        started.wait(10)
+        return renew_shared(*args, **kwargs)
+
+    with mock.patch.object(renewal, "_renew_shared", after_all_started):
+        results = in_threads(10, lambda: tokens.renew_if_expiring(eshop, within=10**9))
 
     assert all(results)
     assert minted(shoptet_settings, eshop) == 2
