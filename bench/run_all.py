@@ -30,6 +30,8 @@ BENCHMARKS = (
     "sync_rate",
     "sync_fairness",
     "sync_ingest",
+    "tenant_scale",
+    "ingest",
 )
 # The benchmarks that can put the emulator in a child process.
 EMULATOR_PROCESS_CAPABLE = ("token_economy", "renewal_sweep")
