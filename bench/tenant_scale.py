@@ -5,8 +5,8 @@ One PostgreSQL database of the benchmark's own (bench/sync_db.py) is seeded by C
 size, measured, then grown to the large size and measured again (ANALYZE after each), so both
 sizes run the same code on the same server minutes apart. Tenants: 85 % status active, 5 % each
 suspended, terminated and uninstalled (with their lifecycle transition); the "API-active" 10 %
-have a token, an issued-set entry, a health hash and an activity entry in Redis (copied from one
-tenant that made a real API call against the emulator), addon settings with sync on, a SyncState
+have a token, an issued-set entry and an activity entry in Redis (copied from one tenant that
+made a real API call against the emulator; a healthy tenant has no health hash), addon settings with sync on, a SyncState
 that synced recently and one processed webhook event; 0.5 % have missing rights, 0.1 % failing
 renewals, 0.1 % unfinished setup.
 

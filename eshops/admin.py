@@ -618,7 +618,9 @@ class EshopAdmin(admin.ModelAdmin[Eshop]):
         lines = [
             f"expires in: {_format_expires_in(health['expires_in'])}",
             f"valid tokens: {health['valid_tokens']} of {health['cap']}",
-            f"last renewal: {format_utc(renewed_at, empty='never')}",
+            # Known while a token is held: an idle tenant's expired one is gone, and its next
+            # API call mints a new one.
+            f"last renewal: {format_utc(renewed_at, empty='no token held (idle)')}",
             f"consecutive renewal failures: {health['failures']}",
         ]
         if health["last_error"]:
