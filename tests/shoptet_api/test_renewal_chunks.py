@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,6 +19,7 @@ from unittest import mock
 
 import pytest
 import redis
+from celery.signals import task_postrun
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
@@ -71,7 +73,7 @@ def test_the_sweep_queues_bounded_chunks_covering_exactly_the_due_active_shops(
     with mock.patch.object(
         tasks.renew_token_chunk, "apply_async", autospec=True
     ) as queue:
-        scheduled = tasks.renew_expiring_tokens.apply().get()
+        scheduled = tasks.renew_expiring_tokens.apply().result
 
     chunks = [call.args[0][0] for call in queue.call_args_list]
     queued = [eshop_id for chunk in chunks for eshop_id in chunk]
@@ -97,14 +99,14 @@ def test_the_chunk_task_renews_each_shop_once_and_skips_tenants_that_may_not_cal
 
     outcomes = tasks.renew_token_chunk.apply(
         args=([e.eshop_id for e in [*due, paused, suspended]] + [gone],)
-    ).get()
+    ).result
 
     assert outcomes == {"renewed": 3, "skipped": 3}
     assert [issued(shoptet_settings, e) for e in due] == [2, 2, 2]
     assert issued(shoptet_settings, paused) == 1
     assert issued(shoptet_settings, suspended) == 1
     # Run again: every token is fresh now, nothing more is minted.
-    again = tasks.renew_token_chunk.apply(args=([e.eshop_id for e in due],)).get()
+    again = tasks.renew_token_chunk.apply(args=([e.eshop_id for e in due],)).result
     assert again == {"fresh": 3}
     assert [issued(shoptet_settings, e) for e in due] == [2, 2, 2]
 
@@ -143,7 +145,7 @@ def test_one_shop_failing_never_stops_the_chunk(
     ):
         outcomes = tasks.renew_token_chunk.apply(
             args=([broken.eshop_id, flaky.eshop_id, fine.eshop_id],)
-        ).get()
+        ).result
 
     assert outcomes == {"failed": 1, "retrying": 1, "renewed": 1}
     assert issued(shoptet_settings, fine) == 1
@@ -292,7 +294,7 @@ def test_getaccesstoken_401s_in_chunks_count_toward_suspension(
 
     statuses = []
     for _ in range(tokens.OAUTH_REJECTIONS_BEFORE_SUSPEND):
-        outcomes = tasks.renew_token_chunk.apply(args=([eshop.eshop_id],)).get()
+        outcomes = tasks.renew_token_chunk.apply(args=([eshop.eshop_id],)).result
         assert outcomes == {"failed": 1}
         statuses.append(Eshop.objects.get(pk=eshop.pk).status)
 
@@ -311,7 +313,7 @@ def test_a_chunk_without_redis_fails_its_shops_in_one_line_and_mints_nothing(
     with mock.patch.object(chunk, "get_redis", return_value=unreachable):
         outcomes = tasks.renew_token_chunk.apply(
             args=([e.eshop_id for e in eshops],)
-        ).get()
+        ).result
 
     assert outcomes == {"failed": 3}
     assert caplog.text.count("token store unreachable") == 1
@@ -329,7 +331,7 @@ def test_a_chunk_task_applies_a_shoptet_verdict_and_goes_on(
 
     outcomes = tasks.renew_token_chunk.apply(
         args=([gone.eshop_id, fine.eshop_id],)
-    ).get()
+    ).result
 
     assert outcomes == {"stopped": 1, "renewed": 1}
     assert Eshop.objects.get(pk=gone.pk).status == Eshop.Status.UNINSTALLED
@@ -367,7 +369,6 @@ def test_a_worker_renewing_a_chunk_while_request_paths_renew_mints_once_per_shop
     shoptet_settings: ShoptetEmulator,
     install: Callable[..., Eshop],
     settings: Any,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     shops = [
         install() for _ in range(6)
@@ -407,17 +408,25 @@ def test_a_worker_renewing_a_chunk_while_request_paths_renew_mints_once_per_shop
         assert process.stdin is not None
         process.stdin.write(f"{start_at}\n")
         process.stdin.flush()
-    tasks.renew_token_chunk.delay([e.eshop_id for e in shops])
-    results = []
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err[-3000:]
-        results.append(json.loads(out.strip().splitlines()[-1]))
-    deadline = time.monotonic() + 30
-    while "token chunk:" not in caplog.text and time.monotonic() < deadline:
-        time.sleep(0.05)
+    chunk_done = threading.Event()
 
-    assert "token chunk:" in caplog.text
+    def finished(sender: Any = None, **_: Any) -> None:
+        if getattr(sender, "name", None) == "shoptet_api.renew_token_chunk":
+            chunk_done.set()
+
+    task_postrun.connect(finished, weak=False)
+    try:
+        tasks.renew_token_chunk.delay([e.eshop_id for e in shops])
+        results = []
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err[-3000:]
+            results.append(json.loads(out.strip().splitlines()[-1]))
+        # The worker (a thread of this process) ran the chunk; 30 s only bounds a stuck worker.
+        assert chunk_done.wait(30)
+    finally:
+        task_postrun.disconnect(finished)
+
     assert all(result == {"ok": len(shops)} for result in results)
     stats = shoptet_settings.stats
     # One token per shop, whoever minted it: the others found it stored and fresh.

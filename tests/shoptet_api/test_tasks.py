@@ -91,7 +91,7 @@ def test_sweep_renews_only_recently_active_tenants_whose_token_is_due(
     with mock.patch.object(
         tasks.renew_token_chunk, "apply_async", autospec=True
     ) as schedule:
-        scheduled = tasks.renew_expiring_tokens.apply().get()
+        scheduled = tasks.renew_expiring_tokens.apply().result
 
     assert scheduled == 1
     (args,), kwargs = schedule.call_args
@@ -124,10 +124,10 @@ def test_pending_install_sweep_completes_setup_that_never_ran(
         last_installed_at=timezone.now() - dt.timedelta(minutes=10)
     )
 
-    assert tasks.complete_pending_installs.apply().get() == 1
+    assert tasks.complete_pending_installs.apply().result == 1
 
     assert Eshop.objects.get(pk=eshop.pk).setup_completed_at is not None
-    assert tasks.complete_pending_installs.apply().get() == 0
+    assert tasks.complete_pending_installs.apply().result == 0
 
 
 @pytest.mark.django_db(transaction=True)
