@@ -48,6 +48,8 @@ RELEASE_DELAY = 0.005
 # How much longer than one request needs a lease is granted, so that requests following each other
 # can take it over. A crashed process's leases block the e-shop's slots this much longer.
 REUSE_WINDOW = 10.0
+# Seconds of a grant this process does not count on (Redis's clock against our monotonic one).
+LEASE_CLOCK_SLACK = 2.0
 
 # Lua shared by both scripts. KEYS[1] leases, KEYS[2] bucket. give_back(i) removes the leases in
 # ARGV[i+3..] and stores the reading ARGV[i] level, ARGV[i+1] max, ARGV[i+2] age in seconds ('' = no
@@ -196,7 +198,7 @@ class _IdleLeases:
             if reading is not None:
                 idle.reading, idle.read_at = reading, time.monotonic()
                 idle.reading_sent = False
-            if self._thread is None:
+            if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._run, name="shoptet-idle-leases", daemon=True
                 )
@@ -209,7 +211,7 @@ class _IdleLeases:
             return self._idle.pop(eshop_id, None)
 
     def put_back(self, eshop_id: int, idle: _Idle) -> None:
-        """Keep what a failed call could not deliver (a lost reading only costs pacing accuracy)."""
+        """Keep what a failed call could not deliver."""
         with self._lock:
             waiting = self._idle.setdefault(eshop_id, _Idle())
             waiting.leases[:0] = idle.leases
@@ -248,7 +250,10 @@ class _IdleLeases:
             self._wake.clear()
             # Give the next request the chance to take them over; give back what it did not.
             time.sleep(RELEASE_DELAY)
-            self.flush()
+            try:
+                self.flush()
+            except Exception:  # the leases expire on their own; the thread must live on
+                logger.exception("giving idle in-flight leases back failed")
 
     def reset_after_fork(self) -> None:
         # A forked child has copies of the parent's idle leases and lock but not its thread; the
@@ -273,9 +278,12 @@ def _new_lease_id() -> str:
 
 
 def _after_fork_in_child() -> None:
-    global _lease_tag
+    global _lease_tag, _local_lock
     _lease_tag = uuid.uuid4().hex[:12]
     _idle_leases.reset_after_fork()
+    # The Redis-down fallback's semaphores may have been held by a parent's thread mid-fork.
+    _local_lock = threading.Lock()
+    _local_semaphores.clear()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -334,7 +342,9 @@ def _acquire(
     delay = 0.01
     waited_since: float | None = None
     while True:
-        lease = _Lease(_new_lease_id(), covers_until=time.monotonic() + granted)
+        # Kept a little short of the grant: Redis's clock and ours may drift apart meanwhile.
+        covers = granted - LEASE_CLOCK_SLACK
+        lease = _Lease(_new_lease_id(), covers_until=time.monotonic() + covers)
         idle = _idle_leases.take(eshop_id)
         try:
             acquired, level, maximum, age = lua(_ACQUIRE)(
@@ -349,6 +359,10 @@ def _acquire(
             )
         except redis.RedisError:
             if idle is not None:
+                # The script may have run and only its answer been lost: the leases it carried
+                # may be gone from Redis, so they are never used again (if not gone, they expire
+                # on their own). Only the reading is kept for the next send.
+                idle.leases = []
                 _idle_leases.put_back(eshop_id, idle)
             raise
         if int(acquired):
