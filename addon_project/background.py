@@ -25,14 +25,16 @@ _Item = tuple[contextvars.Context, Callable[..., Any], tuple[Any, ...]]
 _lock = threading.Lock()
 _queue: queue.Queue[_Item] = queue.Queue(MAX_WAITING)
 _owner_pid: int | None = None
+_thread: threading.Thread | None = None
 
 
-def in_background(work: Callable[..., Any], *args: Any) -> None:
+def in_background(work: Callable[..., Any], *args: Any) -> bool:
     """Run `work(*args)` (publishing tasks, Redis chores) without making a request wait for it.
 
     Shoptet gives the install callback 5 s and webhooks 4 s; a hung broker or Redis must not spend
     them. A failure is logged; the periodic sweeps (complete_pending_installs, redeliver_webhooks)
-    pick up what was not queued. In eager mode (tests) it runs inline.
+    pick up what was not queued. In eager mode (tests) it runs inline. Returns whether the work
+    was handed over (False: dropped, the queue being full).
 
     One long-lived thread per process runs the work in order: a thread started per call cost a
     webhook delivery more CPU than its publish (bench/ingest.py), and the caller waited for it to
@@ -40,10 +42,11 @@ def in_background(work: Callable[..., Any], *args: Any) -> None:
     """
     if app.conf.task_always_eager:
         work(*args)
-        return
+        return True
     # The thread gets a copy of the caller's context, so a task it queues carries the request id.
     try:
         _running_queue().put_nowait((contextvars.copy_context(), work, args))
+        return True
     except queue.Full:
         logger.warning(
             "background work dropped: %s items already waiting (broker or Redis slow?); "
@@ -51,21 +54,26 @@ def in_background(work: Callable[..., Any], *args: Any) -> None:
             MAX_WAITING,
             getattr(work, "__name__", work),
         )
+        return False
 
 
 def _running_queue() -> queue.Queue[_Item]:
-    """This process's queue, with its thread started (again, in a forked child)."""
-    global _queue, _owner_pid
+    """This process's queue, with its thread running (started again in a forked child, or if it
+    ever died)."""
+    global _queue, _owner_pid, _thread
     pid = os.getpid()
-    if _owner_pid != pid:
+    if _owner_pid != pid or _thread is None or not _thread.is_alive():
         with _lock:
             if _owner_pid != pid:
                 # A fork copies the queue but not the thread: what the parent queued is the parent's.
                 _queue = queue.Queue(MAX_WAITING)
-                threading.Thread(
-                    target=_serve, args=(_queue,), name="background", daemon=True
-                ).start()
+                _thread = None
                 _owner_pid = pid
+            if _thread is None or not _thread.is_alive():
+                _thread = threading.Thread(
+                    target=_serve, args=(_queue,), name="background", daemon=True
+                )
+                _thread.start()
     return _queue
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import django_stubs_ext
 import environ
+from celery.schedules import crontab
 from django.core.exceptions import ImproperlyConfigured
 
 django_stubs_ext.monkeypatch()
@@ -466,9 +467,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
         "task": "shoptet_api.redeliver_webhooks",
         "schedule": 120.0,
     },
+    # On the clock hour (not every 3600 s from beat's start): the task takes the hour's slice of
+    # tenants, and a drifting interval would skip or repeat slices.
     "reconcile-webhooks": {
         "task": "shoptet_api.reconcile_webhooks",
-        "schedule": 3600.0,
+        "schedule": crontab(minute=7),
     },
     "purge-uninstalled": {
         "task": "shoptet_api.purge_uninstalled",

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import models
 from django.utils import timezone
@@ -258,8 +259,12 @@ def process_webhooks(deliveries: list[list[Any]]) -> None:
     for event_pk, request_id in deliveries:
         with logging_context.bound(request_id=request_id):
             # A row failing outside its handler stays claimable: redeliver_webhooks runs it again.
+            # The batch's time limit is not a row's failure: it ends the batch, and the rows not
+            # run yet wait for redeliver_webhooks.
             try:
                 process_webhook(int(event_pk))
+            except SoftTimeLimitExceeded:
+                raise
             except Exception:
                 logger.exception(
                     "webhook event %s failed outside its handler", event_pk

@@ -382,29 +382,37 @@ def _insert_unless_stored(event: WebhookEvent) -> bool:
 
 # Received rows not yet published, with the request id that received each: rows that arrive
 # together share one task message (publishing costs a delivery more CPU than storing it,
-# bench/ingest.py), at most PUBLISH_BATCH per message.
+# bench/ingest.py), at most PUBLISH_BATCH per message. `_publish_scheduled` says a publish is
+# already waiting on the background thread, so each row schedules at most one.
 PUBLISH_BATCH = 100
 _unpublished: list[tuple[int, str | None]] = []
 _unpublished_lock = threading.Lock()
+_publish_scheduled = False
 
 
 def _enqueue(event_pk: int) -> None:
+    global _publish_scheduled
     with _unpublished_lock:
         _unpublished.append((event_pk, logging_context.current_request_id()))
-        first = len(_unpublished) == 1
-    if first:
-        # Never on the request's clock: Shoptet waits 4 s; redeliver_webhooks covers a lost
-        # publish. Rows received before the background thread gets to it go in the same message.
-        in_background(publish_received)
+        schedule, _publish_scheduled = not _publish_scheduled, True
+    # Never on the request's clock: Shoptet waits 4 s; redeliver_webhooks covers a lost
+    # publish. Rows received before the background thread gets to it go in the same message.
+    if schedule and not in_background(publish_received):
+        with (
+            _unpublished_lock
+        ):  # dropped (the thread is far behind): the next row tries again
+            _publish_scheduled = False
 
 
 def publish_received() -> None:
     """Queue every received row not yet published (`process_webhooks`, in batches)."""
+    global _publish_scheduled
     from shoptet_api.tasks import process_webhooks  # tasks import this module
 
     with _unpublished_lock:
         batch = _unpublished[:]
         _unpublished.clear()
+        _publish_scheduled = False
     for start in range(0, len(batch), PUBLISH_BATCH):
         process_webhooks.delay(
             [
@@ -416,9 +424,10 @@ def publish_received() -> None:
 
 def _forget_unpublished_after_fork() -> None:
     # A forked child holds a copy of the parent's list: those rows are the parent's to publish.
-    global _unpublished_lock
+    global _unpublished_lock, _publish_scheduled
     _unpublished.clear()
     _unpublished_lock = threading.Lock()
+    _publish_scheduled = False
 
 
 os.register_at_fork(after_in_child=_forget_unpublished_after_fork)

@@ -63,6 +63,7 @@ def test_work_beyond_the_waiting_limit_is_dropped_with_a_warning(
     monkeypatch.setattr(background, "MAX_WAITING", 3)
     monkeypatch.setattr(background, "_owner_pid", None)
     monkeypatch.setattr(background, "_queue", background._queue)  # restored afterwards
+    monkeypatch.setattr(background, "_thread", background._thread)
     release, started = threading.Event(), threading.Event()
     ran: list[int] = []
 
@@ -75,11 +76,30 @@ def test_work_beyond_the_waiting_limit_is_dropped_with_a_warning(
     for number in range(5):
         in_background(ran.append, number)
     dropped_while_full = warning.call_count
+    assert in_background(ran.append, 99) is False  # the caller learns it was dropped
     release.set()
     background._queue.join()  # every item taken has been run
 
     assert ran == [0, 1, 2]  # three waited; the fourth and fifth were dropped
     assert dropped_while_full == 2
     dropped = [c for c in warning.call_args_list if "dropped" in c.args[0]]
-    assert len(dropped) == 2
+    assert len(dropped) == 3
     assert dropped[0].args[1:] == (3, "append")
+
+
+def test_a_dead_background_thread_is_started_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setitem(celery_app.conf, "task_always_eager", False)
+    done = threading.Event()
+    in_background(done.set)
+    assert done.wait(10)
+    dead = threading.Thread(target=lambda: None)
+    dead.start()
+    dead.join()
+    monkeypatch.setattr(background, "_thread", dead)  # as if the thread had died
+    again = threading.Event()
+
+    assert in_background(again.set) is True
+    assert again.wait(10)
+    assert background._thread is not dead

@@ -9,6 +9,7 @@ from typing import Any
 from unittest import mock
 
 import pytest
+from celery.exceptions import SoftTimeLimitExceeded
 
 from addon_project import background, logging_context
 from addon_project.celery import app as celery_app
@@ -102,3 +103,41 @@ def test_a_row_that_fails_schedules_its_own_retry_only() -> None:
         tasks.process_webhooks.apply(args=([[41, None], [42, None], [43, None]],))
 
     schedule.assert_called_once_with((42,), countdown=30.0)
+
+
+def test_a_publish_the_background_dropped_is_scheduled_again_by_the_next_row(
+    published: list[list[list[Any]]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handed_over = background.in_background
+    calls = iter(
+        [False]
+    )  # the first hand-over is dropped (a full queue), the rest go through
+
+    def in_background(work: Any, *args: Any) -> bool:
+        return next(calls, None) is not False and handed_over(work, *args)
+
+    monkeypatch.setattr(webhooks, "in_background", in_background)
+    webhooks._enqueue(51)
+    webhooks._enqueue(52)
+    background._queue.join()
+
+    assert published == [[[51, None], [52, None]]]
+
+
+def test_the_batchs_time_limit_ends_the_batch() -> None:
+    seen: list[int] = []
+
+    def process_event(event_pk: int) -> None:
+        seen.append(event_pk)
+        if event_pk == 62:
+            raise SoftTimeLimitExceeded
+
+    with (
+        mock.patch.object(webhooks, "process_event", side_effect=process_event),
+        pytest.raises(SoftTimeLimitExceeded),
+    ):
+        tasks.process_webhooks.apply(
+            args=([[61, None], [62, None], [63, None]],), throw=True
+        )
+
+    assert seen == [61, 62]  # 63 waits for redeliver_webhooks
