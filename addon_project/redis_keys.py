@@ -24,8 +24,8 @@ def _eshop(eshop_id: int) -> str:
 
 
 def token_key(eshop_id: int) -> str:
-    """Hash: the current token (`ct` + `ct2` encrypted, `fp` fingerprint, `exp` epoch seconds,
-    `life` seconds, `ofp` the installation's fingerprint)."""
+    """Hash: the current token (`c1` + `c2` encrypted; `ct` from an earlier release), `fp`
+    fingerprint, `exp` epoch seconds, `life` seconds, `ofp` the installation's fingerprint)."""
     return f"{_eshop(eshop_id)}:token"
 
 

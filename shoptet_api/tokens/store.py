@@ -100,7 +100,8 @@ return longest
 # expiry (the minting host's epoch, for readers), lifetime, OAuth fingerprint, lock owner. Replaces
 # the reservation by the token, stores it and releases the lock if we still own it, atomically and
 # in one round trip. A renewal ends a run of failures: the health hash (written only by failures)
-# goes, so a healthy tenant holds no health key at all.
+# goes, so a healthy tenant holds no health key at all. The earlier releases' `ct` field (and the
+# unreleased `ct2`) go too: see _decoded for why the split token lives in fields of new names.
 STORE_TOKEN = (
     _REDIS_NOW
     + _EXTEND_TTL
@@ -109,7 +110,8 @@ local life = tonumber(ARGV[7])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('ZADD', KEYS[2], now + life, ARGV[2])
 extend(KEYS[2], math.ceil(life * 1000) + 60000)
-redis.call('HSET', KEYS[1], 'ct', ARGV[3], 'ct2', ARGV[4], 'fp', ARGV[5], 'exp', ARGV[6], 'life', ARGV[7], 'ofp', ARGV[8])
+redis.call('HDEL', KEYS[1], 'ct', 'ct2')
+redis.call('HSET', KEYS[1], 'c1', ARGV[3], 'c2', ARGV[4], 'fp', ARGV[5], 'exp', ARGV[6], 'life', ARGV[7], 'ofp', ARGV[8])
 redis.call('PEXPIRE', KEYS[1], math.max(1, math.ceil(life * 1000)))
 redis.call('DEL', KEYS[3])
 if redis.call('GET', KEYS[4]) == ARGV[9] then redis.call('DEL', KEYS[4]) end
@@ -320,18 +322,14 @@ _LISTPACK_VALUE_MAX = 64
 
 
 def ciphertext_parts(ciphertext: str) -> tuple[bytes, bytes]:
-    """A Fernet token (base64 text) as two raw parts to store in the `ct` and `ct2` fields."""
+    """A Fernet token (base64 text) as two raw parts to store in the `c1` and `c2` fields."""
     raw = base64.urlsafe_b64decode(ciphertext)
     return raw[:_LISTPACK_VALUE_MAX], raw[_LISTPACK_VALUE_MAX:]
 
 
-def _ciphertext(ct: bytes, ct2: bytes | None) -> str:
-    if ct2 is None:  # stored before the split: base64 text in `ct` alone
-        return ct.decode()
-    return base64.urlsafe_b64encode(ct + ct2).decode()
-
-
-_STORED_FIELDS = ("ct", "ct2", "exp", "life", "ofp")
+# `ct`: the Fernet token as base64 text, as earlier releases write and read it. `c1` + `c2`: the
+# same token raw in two parts, as this release writes it (see ciphertext_parts).
+_STORED_FIELDS = ("ct", "c1", "c2", "exp", "life", "ofp")
 
 
 def read_stored(r: redis.Redis, eshop_id: int) -> CachedToken | None:
@@ -355,11 +353,17 @@ def lock_and_read(
 
 
 def _decoded(r: redis.Redis, eshop_id: int, fields: list[Any]) -> CachedToken | None:
-    ct, ct2, exp, life, ofp = fields
-    if not ct or not exp:
+    ct, c1, c2, exp, life, ofp = fields
+    # Rolling deploys: processes of the earlier release still run beside this one and share the
+    # hash. They read `ct` as text, so raw bytes there would break their API calls; this release
+    # writes `c1` + `c2` and deletes `ct`. An earlier process then sees no token and renews it
+    # under the lock (a few extra tokens during a deploy, within the cap). A `ct` present was
+    # written by an earlier process after our last store (the store deletes it): it is the newer.
+    if not (ct or c1) or not exp:
         return None
     try:
-        token = decrypt(_ciphertext(ct, ct2))
+        text = ct or base64.urlsafe_b64encode(c1 + (c2 or b""))
+        token = decrypt(text.decode())
     except (DecryptionError, ValueError):
         # Encrypted under a key that has since left FIELD_ENCRYPTION_KEYS (rotation), or mangled:
         # a 30-minute token is not worth keeping; treat it as missing and renew.

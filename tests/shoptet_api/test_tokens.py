@@ -79,7 +79,7 @@ def test_token_is_stored_encrypted_in_redis(
 
     assert token.encode() not in b"".join(stored.keys()) + b"".join(stored.values())
     # A Fernet token, stored raw in two parts (version byte 0x80 first).
-    fernet_token = base64.urlsafe_b64encode(stored[b"ct"] + stored[b"ct2"])
+    fernet_token = base64.urlsafe_b64encode(stored[b"c1"] + stored[b"c2"])
     assert fernet_token.startswith(b"gAAAA")
     assert decrypt(fernet_token.decode()) == token
     # Every value fits a compact hash (listpack): half the memory of a hash table.
@@ -89,19 +89,52 @@ def test_token_is_stored_encrypted_in_redis(
     )
 
 
-def test_a_token_stored_before_the_ciphertext_was_split_is_still_read(
+def store_the_earlier_way(eshop_id: int, token: str) -> None:
+    """What a process of the earlier release writes: the Fernet token as base64 text in `ct`."""
+    get_redis().hset(tokens.token_key(eshop_id), "ct", encrypt(token))
+
+
+def test_a_token_an_earlier_release_stored_is_read(
     shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
 ) -> None:
     eshop = install()
     token = tokens.get_api_access_token(eshop)
     r = get_redis()
     key = tokens.token_key(eshop.eshop_id)
-    # The earlier layout: the Fernet token as base64 text in `ct`, no `ct2`.
-    r.hset(key, "ct", encrypt(token))
-    r.hdel(key, "ct2")
+    r.hdel(key, "c1", "c2")
+    store_the_earlier_way(eshop.eshop_id, token)
     tokens.clear_process_cache()
 
     assert tokens.get_api_access_token(eshop) == token
+    assert minted(shoptet_settings, eshop) == 1
+
+
+def test_a_stored_token_leaves_no_ct_field_an_earlier_release_would_misread(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    old = tokens.get_api_access_token(eshop)
+    store_the_earlier_way(eshop.eshop_id, old)
+
+    assert tokens.renew_if_expiring(eshop, within=10**9) is True
+
+    # An earlier release's process reads `ct` as text: finding none, it renews under the lock.
+    assert not get_redis().hexists(tokens.token_key(eshop.eshop_id), "ct")
+
+
+def test_a_token_an_earlier_release_stored_after_ours_is_preferred(
+    shoptet_settings: ShoptetEmulator, install: Callable[[], Eshop]
+) -> None:
+    eshop = install()
+    ours = tokens.get_api_access_token(eshop)
+    # An earlier release's process renewed after us: it wrote `ct` and left our `c1` + `c2`.
+    theirs = "token-an-earlier-release-minted-0123456789"
+    store_the_earlier_way(eshop.eshop_id, theirs)
+    tokens.clear_process_cache()
+
+    got = tokens.get_api_access_token(eshop)
+
+    assert got == theirs != ours
     assert minted(shoptet_settings, eshop) == 1
 
 
