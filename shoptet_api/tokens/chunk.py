@@ -42,6 +42,7 @@ from shoptet_api.tokens.renewal import (
     minted_nothing,
     pending_member,
     renew_if_expiring,
+    reservation_lifetime,
 )
 
 if TYPE_CHECKING:
@@ -170,7 +171,7 @@ def _reserve_slots(
         )
         reserve(
             keys=[issued_key(shop.eshop_id)],
-            args=[store.token_cap(), shop.pending, shop.lifetime],
+            args=[store.token_cap(), shop.pending, reservation_lifetime(shop.lifetime)],
             client=pipe,
         )
     for shop, answer in zip(held, pipe.execute(), strict=True):

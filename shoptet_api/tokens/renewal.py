@@ -212,7 +212,7 @@ def _renew_holding_lock(
     pending = pending_member(oauth_fp)
     slot, next_slot_in = lua(store.RESERVE_SLOT)(
         keys=[issued_key(eshop_id)],
-        args=[store.token_cap(), pending, last_lifetime],
+        args=[store.token_cap(), pending, reservation_lifetime(last_lifetime)],
         client=r,
     )
     if int(slot) < 0:
@@ -292,6 +292,22 @@ def cap_refusal(eshop_id: int, *, retry_in: float) -> ShoptetMaxTokensReached:
         error_code="maximum_tokens_reached",
         endpoint="GET oauth/getAccessToken",
         retry_after=dt.datetime.now(tz=dt.UTC) + dt.timedelta(seconds=retry_in),
+    )
+
+
+# Clocks of our hosts, Redis and Shoptet may disagree by this much (see reservation_lifetime).
+CLOCK_SLACK = 5.0
+
+
+def reservation_lifetime(last_lifetime: float) -> float:
+    """How long a cap slot reserved for a getAccessToken call lasts: a token whose answer was lost
+    lives `expires_in` from when Shoptet minted it, which may be as late as the call's connect and
+    read timeouts after the reservation (plus clock slack)."""
+    return (
+        last_lifetime
+        + settings.SHOPTET_CONNECT_TIMEOUT
+        + settings.SHOPTET_TOKEN_READ_TIMEOUT
+        + CLOCK_SLACK
     )
 
 

@@ -259,7 +259,7 @@ def test_at_the_cap_a_chunk_keeps_a_valid_token_and_refuses_without_one(
 
 
 def test_in_a_chunk_a_definite_failure_frees_its_slot_and_a_lost_answer_keeps_it(
-    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop], settings: Any
 ) -> None:
     refused, lost = install(), install()
     fetch = fetch_failing_for(
@@ -279,8 +279,16 @@ def test_in_a_chunk_a_definite_failure_frees_its_slot_and_a_lost_answer_keeps_it
     assert isinstance(results[lost.eshop_id], ShoptetConnectionError)
     r = get_redis()
     assert r.zcard(tokens.issued_key(refused.eshop_id)) == 0
-    [member] = r.zrange(tokens.issued_key(lost.eshop_id), 0, -1)
+    [(member, expires_at)] = r.zrange(
+        tokens.issued_key(lost.eshop_id), 0, -1, withscores=True
+    )
     assert b":pending:" in member
+    # A token Shoptet minted lives from its mint, up to the call's timeouts after the reservation.
+    assert expires_at - time.time() > (
+        settings.SHOPTET_TOKEN_DEFAULT_LIFETIME
+        + settings.SHOPTET_CONNECT_TIMEOUT
+        + settings.SHOPTET_TOKEN_READ_TIMEOUT
+    )
     assert not any(r.exists(tokens.renew_lock_key(e.eshop_id)) for e in (refused, lost))
 
 
