@@ -7,9 +7,11 @@ same rules (single flight per e-shop, a reserved cap slot before every getAccess
 1. one pipeline tries every shop's renewal lock and reads when its token expires (no
    decryption: only the expiry decides whether a shop is due);
 2. one pipeline reserves a cap slot for each due shop and releases the other locks;
-3. getAccessToken for the due shops, concurrently on the caller's thread pool;
-4. one pipeline stores the new tokens (each releasing its lock), frees the slots of calls that
-   certainly minted nothing and releases the remaining locks.
+3. getAccessToken for the due shops, concurrently on the caller's thread pool; each new token
+   is stored (releasing its lock) by its pool thread as soon as its call returns, one round
+   trip per shop: a token held back for the slowest call could outlive its lock;
+4. one pipeline frees the slots of calls that certainly minted nothing, releases the
+   remaining locks and notes the failures for operators.
 
 A shop whose lock another process holds (a request path renewing it), or whose call could no
 longer start well inside our lock's lifetime, is then renewed by the per-shop path.
@@ -51,6 +53,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A call's token must be stored this long before its lock can lapse (one Redis round trip).
+STORE_MARGIN = 1.0
 # Per e-shop: True (a new token is stored), False (the stored one is fine, or kept at the cap),
 # or the exception that stopped its renewal.
 Result = bool | Exception
@@ -94,19 +98,21 @@ def renew_chunk(
     lock_ttl = float(settings.SHOPTET_TOKEN_LOCK_TTL)
     shops = [_Shop(eshop) for eshop in eshops]
 
+    # A call must end, and its token be stored, before our lock can expire under it (see
+    # fetch_api_access_token's timeout). The lock's lifetime counts from before step 1 is sent.
+    start_calls_by = (
+        time.monotonic()
+        + lock_ttl
+        - settings.SHOPTET_CONNECT_TIMEOUT
+        - settings.SHOPTET_TOKEN_READ_TIMEOUT
+        - STORE_MARGIN
+    )
     # 1. Locks and expiries. Redis runs each read after its lock attempt (see store.lock_and_read).
     pipe = r.pipeline(transaction=False)
     for shop in shops:
         pipe.set(renew_lock_key(shop.eshop_id), owner, nx=True, px=int(lock_ttl * 1000))
         pipe.hmget(token_key(shop.eshop_id), ("exp", "life"))
     answers = pipe.execute()
-    # A call must end before our lock can expire under it (see fetch_api_access_token's timeout).
-    start_calls_by = (
-        time.monotonic()
-        + lock_ttl
-        - settings.SHOPTET_CONNECT_TIMEOUT
-        - settings.SHOPTET_TOKEN_READ_TIMEOUT
-    )
     now = time.time()
     for shop, acquired, (exp, life) in zip(
         shops, answers[0::2], answers[1::2], strict=True
@@ -133,8 +139,10 @@ def renew_chunk(
                 shop.result = exc
     else:
         due = [shop for shop in held if shop.pending]
-        _run_for_each(pool, due, lambda shop: _call(shop, start_calls_by))
-        _store(r, held, owner=owner)
+        _run_for_each(
+            pool, due, lambda shop: _call(r, shop, start_by=start_calls_by, owner=owner)
+        )
+        _finish(r, held, owner=owner)
 
     again = contended + [shop for shop in held if shop.late]
     results = _run_for_each(
@@ -186,8 +194,8 @@ def _reserve_slots(
             shop.result = cap_refusal(shop.eshop_id, retry_in=float(answer[1]))
 
 
-def _call(shop: _Shop, start_by: float) -> None:
-    """Step 3, in a pool thread: getAccessToken for one shop; never raises."""
+def _call(r: redis.Redis, shop: _Shop, *, start_by: float, owner: str) -> None:
+    """Step 3, in a pool thread: getAccessToken for one shop and store its token; never raises."""
     if time.monotonic() > start_by:
         shop.late = True
         return
@@ -197,31 +205,32 @@ def _call(shop: _Shop, start_by: float) -> None:
     except Exception as exc:
         shop.result = exc
         return
-    shop.minted = store.minted_token(
+    metrics.observe_token_mint("ahead")
+    cached = store.minted_token(
         minted,
         started=started,
         oauth_fp=store.oauth_fingerprint(shop.eshop.oauth_access_token),
     )
+    shop.minted, shop.result = cached, True
+    if store.store_minted(
+        r, shop.eshop_id, cached, pending=shop.pending, lock_owner=owner
+    ):
+        shop.locked = False
 
 
-def _store(r: redis.Redis, held: list[_Shop], *, owner: str) -> None:
-    """Step 4: store what was minted, free the slots of calls that minted nothing, release locks."""
+def _finish(r: redis.Redis, held: list[_Shop], *, owner: str) -> None:
+    """Step 4: free the slots of calls that minted nothing, release the remaining locks and
+    note the failures (after the tokens: a failure never delays a token's store)."""
     now = time.time()
     release = lua(RELEASE_LOCK)
     pipe = r.pipeline(transaction=False)
-    minted = []
+    failed: list[tuple[_Shop, int]] = []
     for shop in held:
-        if shop.minted is not None:
-            # Releases the lock with the token.
-            store.store_token(
-                pipe, shop.eshop_id, shop.minted, pending=shop.pending, lock_owner=owner
-            )
-            minted.append(shop)
-            shop.result = True
-            continue
-        if shop.pending and isinstance(shop.result, Exception):
+        if shop.minted is None and shop.pending and isinstance(shop.result, Exception):
             failure = shop.result
-            _note_failure(r, shop, failure, now=now)
+            _note_failure(shop, failure, now=now)
+            failed.append((shop, len(pipe)))
+            health.queue_failure(pipe, shop.eshop_id, failure)
             # A definite answer or a connection never made minted nothing: free the slot. A
             # lost answer keeps it (Shoptet may have minted a token we never received).
             if minted_nothing(failure):
@@ -230,32 +239,24 @@ def _store(r: redis.Redis, held: list[_Shop], *, owner: str) -> None:
             pipe.zrem(issued_key(shop.eshop_id), shop.pending)
         if shop.locked:
             release(keys=[renew_lock_key(shop.eshop_id)], args=[owner], client=pipe)
+    if not len(pipe):
+        return
     try:
-        if len(pipe):
-            pipe.execute()
+        answers = pipe.execute()
+        if failed:
+            health.mark_failing(
+                r, {shop.eshop_id: int(answers[at]) for shop, at in failed}
+            )
     except redis.RedisError as exc:
-        # Shoptet minted: keep the tokens in memory and count them against the cap once Redis
-        # is back, rather than letting anyone mint around them.
+        # The locks expire on their own; the failures go unrecorded for operators.
         logger.warning(
-            "%s new API token(s) not stored (%s); kept in memory",
-            len(minted),
+            "token chunk: last step failed (%s); its locks expire on their own",
             type(exc).__name__,
         )
-        for shop in minted:
-            cached = shop.minted
-            assert cached is not None  # noqa: S101 (set above)
-            store.note_unrecorded(
-                shop.eshop_id, store.issued_member(cached), cached.expires_at
-            )
-    for shop in minted:
-        assert shop.minted is not None  # noqa: S101 (set above)
-        metrics.observe_token_mint("ahead")
-        store.remember(shop.eshop_id, shop.minted)
 
 
-def _note_failure(r: redis.Redis, shop: _Shop, exc: Exception, *, now: float) -> None:
+def _note_failure(shop: _Shop, exc: Exception, *, now: float) -> None:
     metrics.observe_token_failure(exc)
-    health.note_failure(r, shop.eshop_id, exc)
     if isinstance(exc, ShoptetMaxTokensReached) and shop.holds_valid_token(now):
         # Shoptet counts tokens we do not know of (a flushed Redis, another deployment).
         logger.warning(

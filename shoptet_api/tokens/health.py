@@ -35,22 +35,41 @@ def note_failure(r: redis.Redis, eshop_id: int, exc: BaseException) -> None:
     finds failing tenants without reading every tenant's health."""
     with contextlib.suppress(redis.RedisError):
         pipe = r.pipeline(transaction=False)
-        pipe.hincrby(health_key(eshop_id), "failures", 1)
-        # The exception's str() never holds a token (errors.py); keep it short anyway.
-        pipe.hset(
-            health_key(eshop_id),
-            mapping={
-                "last_error": f"{type(exc).__name__}: {exc}"[:300],
-                "last_error_at": time.time(),
-            },
-        )
-        pipe.expire(health_key(eshop_id), FAILURE_TTL_SECONDS)
+        queue_failure(pipe, eshop_id, exc)
         failures = pipe.execute()[0]
-        pipe = r.pipeline(transaction=False)
-        pipe.zadd(token_failing_key(), {str(eshop_id): failures})
-        # Refreshed by every failure: once nothing fails for a week the set is gone.
-        pipe.expire(token_failing_key(), FAILURE_TTL_SECONDS)
-        pipe.execute()
+        mark_failing(r, {eshop_id: failures})
+
+
+def queue_failure(
+    pipe: redis.client.Pipeline, eshop_id: int, exc: BaseException
+) -> None:
+    """Queue the health-hash writes of `note_failure` on `pipe`; the first answer is the count
+    of failures in a row, for `mark_failing`."""
+    pipe.hincrby(health_key(eshop_id), "failures", 1)
+    # The exception's str() never holds a token (errors.py); keep it short anyway.
+    pipe.hset(
+        health_key(eshop_id),
+        mapping={
+            "last_error": f"{type(exc).__name__}: {exc}"[:300],
+            "last_error_at": time.time(),
+        },
+    )
+    pipe.expire(health_key(eshop_id), FAILURE_TTL_SECONDS)
+
+
+# The commands queue_failure queues per e-shop.
+QUEUED_PER_FAILURE = 3
+
+
+def mark_failing(r: redis.Redis, failures: dict[int, int]) -> None:
+    """Put e-shops in the failing set, scored by their failures in a row (one round trip)."""
+    pipe = r.pipeline(transaction=False)
+    pipe.zadd(
+        token_failing_key(), {str(eshop_id): n for eshop_id, n in failures.items()}
+    )
+    # Refreshed by every failure: once nothing fails for a week the set is gone.
+    pipe.expire(token_failing_key(), FAILURE_TTL_SECONDS)
+    pipe.execute()
 
 
 def token_health(eshop_id: int) -> dict[str, Any]:

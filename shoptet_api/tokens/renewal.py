@@ -245,19 +245,11 @@ def _renew_holding_lock(
         raise
     metrics.observe_token_mint("ahead" if need.proactive else "request")
     cached = store.minted_token(minted, started=started, oauth_fp=oauth_fp)
-    try:
-        store.store_token(r, eshop_id, cached, pending=pending, lock_owner=lock.owner)
-        lock.released = True
-    except redis.RedisError as exc:
-        # Redis failed after Shoptet minted: use the token from memory rather than letting the
-        # caller's Redis fallback mint another one, and count it against the cap once Redis is back.
-        logger.warning(
-            "eshop_id=%s: new API token not stored (%s); kept in memory",
-            eshop_id,
-            type(exc).__name__,
-        )
-        store.note_unrecorded(eshop_id, store.issued_member(cached), cached.expires_at)
-    store.remember(eshop_id, cached)
+    # If Redis fails now, the token is used from memory rather than letting the caller's Redis
+    # fallback mint another one.
+    lock.released = store.store_minted(
+        r, eshop_id, cached, pending=pending, lock_owner=lock.owner
+    )
     logger.info(
         "eshop_id=%s: new API token fp=%s expires_in=%ss",
         eshop_id,
@@ -303,12 +295,10 @@ def reservation_lifetime(last_lifetime: float) -> float:
     """How long a cap slot reserved for a getAccessToken call lasts: a token whose answer was lost
     lives `expires_in` from when Shoptet minted it, which may be as late as the call's connect and
     read timeouts after the reservation (plus clock slack)."""
-    return (
-        last_lifetime
-        + settings.SHOPTET_CONNECT_TIMEOUT
-        + settings.SHOPTET_TOKEN_READ_TIMEOUT
-        + CLOCK_SLACK
+    timeouts = float(
+        settings.SHOPTET_CONNECT_TIMEOUT + settings.SHOPTET_TOKEN_READ_TIMEOUT
     )
+    return last_lifetime + timeouts + CLOCK_SLACK
 
 
 def pending_member(oauth_fp: str) -> str:

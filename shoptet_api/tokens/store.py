@@ -251,6 +251,32 @@ def store_token(
     )
 
 
+def store_minted(
+    r: redis.Redis,
+    eshop_id: int,
+    cached: CachedToken,
+    *,
+    pending: str,
+    lock_owner: str,
+) -> bool:
+    """Store a token Shoptet just minted (`store_token`) and remember it in this process. True
+    when stored (the lock is then released). If Redis fails, the token is kept in memory and
+    counted against the cap once Redis is back, rather than letting anyone mint around it."""
+    try:
+        store_token(r, eshop_id, cached, pending=pending, lock_owner=lock_owner)
+    except redis.RedisError as exc:
+        logger.warning(
+            "eshop_id=%s: new API token not stored (%s); kept in memory",
+            eshop_id,
+            type(exc).__name__,
+        )
+        note_unrecorded(eshop_id, issued_member(cached), cached.expires_at)
+        return False
+    finally:
+        remember(eshop_id, cached)
+    return True
+
+
 # Process memory: e-shop id → its current token. Saves a Redis round trip per API call.
 _memory: dict[int, CachedToken] = {}
 _memory_lock = threading.Lock()

@@ -32,6 +32,7 @@ from shoptet_api.errors import (
 )
 from shoptet_api.oauth import fetch_api_access_token
 from shoptet_api.tokens import chunk
+from shoptet_api.tokens.store import store_token as store_token_in_redis
 from shoptet_emulator import ShoptetEmulator
 
 pytestmark = pytest.mark.django_db
@@ -40,6 +41,7 @@ ROOT = Path(__file__).resolve().parents[2]
 GET_TOKEN = "/action/ApiOAuthServer/getAccessToken"
 # The name the broker calls getAccessToken by.
 FETCH = "shoptet_api.tokens.renewal.fetch_api_access_token"
+STORE_TOKEN = "shoptet_api.tokens.store.store_token"
 
 
 def issued(emulator: ShoptetEmulator, eshop: Eshop) -> int:
@@ -168,12 +170,13 @@ def test_one_shop_failing_never_stops_the_chunk(
 
 
 def renew_chunk(eshops: list[Eshop]) -> dict[int, Any]:
-    with ThreadPoolExecutor(max_workers=4) as pool:
+    # round_trips counts what these pool threads send too (conftest.COUNTED_THREADS).
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="counted-") as pool:
         return tokens.renew_chunk_ahead(eshops, pool=pool)
 
 
 @pytest.mark.parametrize("size", [3, 9])
-def test_a_chunk_takes_three_redis_round_trips_whatever_its_size(
+def test_a_chunk_takes_two_redis_round_trips_and_one_per_new_token(
     shoptet_settings: ShoptetEmulator,
     install: Callable[..., Eshop],
     round_trips: list[str],
@@ -184,9 +187,13 @@ def test_a_chunk_takes_three_redis_round_trips_whatever_its_size(
 
     results = renew_chunk(eshops)
 
-    # Locks and expiries; reservations; the new tokens. (redis-py also checks the scripts of a
-    # pipeline with one SCRIPT EXISTS before sending it.)
-    assert round_trips == ["pipeline", "pipeline", "pipeline"]
+    # Locks and expiries; reservations; then each new token's store, as soon as its call
+    # returns (nothing is left for a last step). (redis-py checks the scripts of a pipeline with
+    # one SCRIPT EXISTS before sending it, and loads a script once if Redis does not know it.)
+    assert [trip for trip in round_trips if trip != "SCRIPT LOAD"] == [
+        "pipeline",
+        "pipeline",
+    ] + ["EVALSHA"] * size
     assert results == {e.eshop_id: True for e in eshops}
     assert [issued(shoptet_settings, e) for e in eshops] == [1] * size
     tokens.clear_process_cache()
@@ -216,6 +223,81 @@ def test_a_chunk_with_nothing_due_mints_nothing_and_releases_its_locks(
     assert not any(
         get_redis().exists(tokens.renew_lock_key(e.eshop_id)) for e in eshops
     )
+
+
+def test_a_chunk_stores_each_new_token_while_its_other_calls_still_run(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop]
+) -> None:
+    quick, slow = install(), install()
+    quick_stored = threading.Event()
+    seen: dict[str, bool] = {}
+
+    def store_token(client: Any, eshop_id: int, *args: Any, **kwargs: Any) -> None:
+        store_token_in_redis(client, eshop_id, *args, **kwargs)
+        if eshop_id == quick.eshop_id:
+            quick_stored.set()
+
+    def fetch(*, oauth_token: str) -> Any:
+        if oauth_token == str(slow.oauth_access_token):
+            # The slow call answers only once the quick shop's token is stored (the timeout
+            # only keeps a broken build from hanging).
+            seen["stored"] = quick_stored.wait(timeout=10)
+            r = get_redis()
+            seen["in_redis"] = bool(r.exists(tokens.token_key(quick.eshop_id)))
+            seen["lock_held"] = bool(r.exists(tokens.renew_lock_key(quick.eshop_id)))
+        return fetch_api_access_token(oauth_token=oauth_token)
+
+    with (
+        mock.patch(FETCH, side_effect=fetch),
+        mock.patch(STORE_TOKEN, side_effect=store_token),
+    ):
+        results = renew_chunk([quick, slow])
+
+    # A token held back for the slowest call could outlive its lock (another process would
+    # then mint a second one) while request paths wait for it.
+    assert seen == {"stored": True, "in_redis": True, "lock_held": False}
+    assert results == {quick.eshop_id: True, slow.eshop_id: True}
+    assert [issued(shoptet_settings, e) for e in (quick, slow)] == [1, 1]
+
+
+def test_a_slow_first_step_shortens_the_time_a_chunk_may_still_start_calls(
+    shoptet_settings: ShoptetEmulator, install: Callable[..., Eshop], settings: Any
+) -> None:
+    eshops = [install(), install()]
+    # Step 1 (locks and expiries) takes so long that only the call's timeouts are left of the
+    # locks' lifetime: no room to store a token, so no call may start.
+    took = (
+        settings.SHOPTET_TOKEN_LOCK_TTL
+        - settings.SHOPTET_CONNECT_TIMEOUT
+        - settings.SHOPTET_TOKEN_READ_TIMEOUT
+    )
+    clock = {"offset": 0.0}
+    send_pipeline: Any = redis.client.Pipeline.execute
+
+    def slow_first_pipeline(self: Any, *args: Any, **kwargs: Any) -> Any:
+        answers = send_pipeline(self, *args, **kwargs)
+        clock["offset"] = took
+        return answers
+
+    fake_time = mock.Mock(
+        time=time.time, monotonic=lambda: time.monotonic() + clock["offset"]
+    )
+    with (
+        mock.patch.object(chunk, "time", fake_time),
+        mock.patch.object(redis.client.Pipeline, "execute", slow_first_pipeline),
+        mock.patch(
+            "shoptet_api.tokens.chunk.renew_if_expiring",
+            side_effect=tokens.renew_if_expiring,
+        ) as alone,
+    ):
+        results = renew_chunk(eshops)
+
+    # The calls were left to the per-shop path, which takes each lock afresh.
+    assert sorted(call.args[0].eshop_id for call in alone.call_args_list) == sorted(
+        e.eshop_id for e in eshops
+    )
+    assert results == {e.eshop_id: True for e in eshops}
+    assert [issued(shoptet_settings, e) for e in eshops] == [1, 1]
 
 
 def test_a_shop_whose_lock_another_process_holds_is_left_to_the_per_shop_path(
@@ -279,9 +361,10 @@ def test_in_a_chunk_a_definite_failure_frees_its_slot_and_a_lost_answer_keeps_it
     assert isinstance(results[lost.eshop_id], ShoptetConnectionError)
     r = get_redis()
     assert r.zcard(tokens.issued_key(refused.eshop_id)) == 0
-    [(member, expires_at)] = r.zrange(
+    entries: list[Any] = r.zrange(
         tokens.issued_key(lost.eshop_id), 0, -1, withscores=True
     )
+    [(member, expires_at)] = entries
     assert b":pending:" in member
     # A token Shoptet minted lives from its mint, up to the call's timeouts after the reservation.
     assert expires_at - time.time() > (
