@@ -19,9 +19,11 @@ from celery import Task, shared_task
 from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db import models
+from django.db.models.functions import Cast
 from django.utils import timezone
 
 from addon_project import logging_context
+from addon_project.encryption import DecryptionError, decrypt
 from eshops.models import Eshop
 from shoptet_api import retry, tokens, webhooks
 from shoptet_api.client import ShoptetClient
@@ -157,16 +159,13 @@ def renew_token_chunk(eshop_ids: list[int]) -> dict[str, int]:
     for Shoptet, so up to SHOPTET_TOKEN_RENEW_THREADS run at once. One shop's failure never
     stops the others (see `_outcome`). One summary line per chunk; shops only when they fail.
     """
-    eshops = list(
-        Eshop.objects.active()
-        .filter(eshop_id__in=eshop_ids, processing_paused_at__isnull=True)
-        # The OAuth token is the only secret a renewal needs: no decryption of the others.
-        .defer("webhook_signature_key", "previous_signature_key")
-    )
+    eshops, undecryptable = _load_for_renewal(eshop_ids)
     outcomes: collections.Counter[str] = collections.Counter()
-    skipped = len(set(eshop_ids)) - len(eshops)
+    skipped = len(set(eshop_ids)) - len(eshops) - undecryptable
     if skipped:
         outcomes["skipped"] = skipped
+    if undecryptable:
+        outcomes["failed"] = undecryptable
     try:
         results = tokens.renew_chunk_ahead(eshops, pool=_renewal_pool())
     except redis.RedisError as exc:
@@ -185,6 +184,39 @@ def renew_token_chunk(eshop_ids: list[int]) -> dict[str, int]:
         ", ".join(f"{count} {outcome}" for outcome, count in sorted(outcomes.items())),
     )
     return dict(outcomes)
+
+
+def _load_for_renewal(eshop_ids: list[int]) -> tuple[list[Eshop], int]:
+    """The tenants of a chunk that may still call the API, and how many of them were left out
+    because their OAuth token cannot be decrypted (logged).
+
+    The OAuth token is the only secret a renewal needs: the others stay encrypted. It is
+    decrypted row by row, so that one tenant whose token no configured key decrypts (a key
+    rotated away) fails alone instead of failing the whole chunk on every sweep.
+    """
+    rows = (
+        Eshop.objects.active()
+        .filter(eshop_id__in=eshop_ids, processing_paused_at__isnull=True)
+        .defer("oauth_access_token", "webhook_signature_key", "previous_signature_key")
+        # The stored ciphertext, as text: the field itself would decrypt it at load.
+        .annotate(oauth_ciphertext=Cast("oauth_access_token", models.TextField()))
+    )
+    eshops: list[Eshop] = []
+    undecryptable = 0
+    for eshop in rows:
+        ciphertext: str | None = eshop.oauth_ciphertext  # type: ignore[attr-defined]
+        try:
+            eshop.oauth_access_token = decrypt(ciphertext) if ciphertext else None
+        except DecryptionError:
+            logger.error(
+                "eshop_id=%s: token renewal failed: its OAuth token cannot be decrypted "
+                "with any key in FIELD_ENCRYPTION_KEYS",
+                eshop.eshop_id,
+            )
+            undecryptable += 1
+            continue
+        eshops.append(eshop)
+    return eshops, undecryptable
 
 
 def _outcome(eshop: Eshop, *, result: bool | Exception) -> str:

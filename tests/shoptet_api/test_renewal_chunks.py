@@ -20,6 +20,7 @@ from unittest import mock
 import pytest
 import redis
 from celery.signals import task_postrun
+from cryptography.fernet import Fernet
 
 from addon_project.redis_client import get_redis
 from eshops.models import Eshop
@@ -111,6 +112,28 @@ def test_the_chunk_task_renews_each_shop_once_and_skips_tenants_that_may_not_cal
     again = tasks.renew_token_chunk.apply(args=([e.eshop_id for e in due],)).result
     assert again == {"fresh": 3}
     assert [issued(shoptet_settings, e) for e in due] == [2, 2, 2]
+
+
+def test_a_tenant_whose_oauth_token_cannot_be_decrypted_fails_alone_in_its_chunk(
+    shoptet_settings: ShoptetEmulator,
+    install: Callable[..., Eshop],
+    settings: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    rotated, fine = install(), install()  # no token yet: both are due
+    # Its OAuth token was encrypted under a key that has since left FIELD_ENCRYPTION_KEYS.
+    keys = settings.FIELD_ENCRYPTION_KEYS
+    settings.FIELD_ENCRYPTION_KEYS = [Fernet.generate_key().decode()]
+    Eshop.objects.filter(pk=rotated.pk).update(oauth_access_token="rotated-away")
+    settings.FIELD_ENCRYPTION_KEYS = keys
+
+    outcomes = tasks.renew_token_chunk.apply(
+        args=([rotated.eshop_id, fine.eshop_id],)
+    ).result
+
+    assert outcomes == {"failed": 1, "renewed": 1}
+    assert [issued(shoptet_settings, e) for e in (rotated, fine)] == [0, 1]
+    assert f"eshop_id={rotated.eshop_id}: token renewal failed" in caplog.text
 
 
 def fetch_failing_for(
