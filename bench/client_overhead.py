@@ -75,11 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the emulator in this process (it then shares the GIL with the client)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 300 requests, 50 warm-up"
+        "--quick", action="store_true", help="a smoke run: 100 requests, 20 warm-up"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.requests, args.warmup = 300, 50
+        args.requests, args.warmup = 100, 20
     args.latencies = [float(x) for x in str(args.latencies).split(",") if x.strip()]
     return args
 

@@ -77,12 +77,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--latency-ms", type=float, default=200.0, help="code-exchange latency L"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 0.8 s per kind, 4 installs"
+        "--quick", action="store_true", help="a smoke run: 0.6 s per kind, 3 installs"
     )
     args = parser.parse_args(argv)
     args.warm_up = 0.5
     if args.quick:
-        args.seconds, args.installs, args.warm_up = 0.8, 4, 0.3
+        args.seconds, args.installs, args.warm_up = 0.6, 3, 0.2
     if args.senders % args.client_processes:
         parser.error("--senders must be a multiple of --client-processes")
     return args

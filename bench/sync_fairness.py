@@ -53,11 +53,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick",
         action="store_true",
-        help="a smoke run: 19 small tenants of 100 orders, a big one of 20,000",
+        help="a smoke run: 5 small tenants of 40 orders, a big one of 3,000",
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.small, args.small_orders, args.big_orders = 19, 100, 20_000
+        args.small, args.small_orders, args.big_orders = 5, 40, 3_000
     if min(args.small, args.small_orders, args.big_orders, args.workers) < 1:
         parser.error("counts must be positive")
     return args

@@ -56,13 +56,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--sample", type=int, default=20_000, help="rows in the bulk-insert baseline"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: a 20 MB snapshot"
+        "--quick", action="store_true", help="a smoke run: a 5 MB snapshot"
     )
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:
-        args.mbytes = min(args.mbytes, 20)
-        args.sample = min(args.sample, 5000)
+        args.mbytes = min(args.mbytes, 5)
+        args.sample = min(args.sample, 2000)
     if args.mbytes <= 0 or args.sample < 1:
         parser.error("--mbytes and --sample must be positive")
     return args

@@ -41,11 +41,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--orders", type=int, default=1500, help="changed orders to fetch"
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 300 changed orders"
+        "--quick", action="store_true", help="a smoke run: 100 changed orders"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.orders = 300
+        args.orders = 100
     if args.orders < 1:
         parser.error("--orders must be positive")
     return args

@@ -67,11 +67,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="run the emulator in a child process (it then does not share this process's GIL)",
     )
     parser.add_argument(
-        "--quick", action="store_true", help="a smoke run: 50 shops, 2 lifetimes"
+        "--quick", action="store_true", help="a smoke run: 50 shops, 1 lifetime"
     )
     args = parser.parse_args(argv)
     if args.quick:
-        args.shops, args.lifetimes = 50, 2
+        args.shops, args.lifetimes = 50, 1
     return args
 
 
