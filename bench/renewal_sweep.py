@@ -283,32 +283,13 @@ def bare_calls(oauth_tokens: list[str], threads: int, gate: Any, results: Any) -
     on `results`."""
     from shoptet_api.oauth import fetch_api_access_token
 
-    position = [0]
-    lock = threading.Lock()
-    counts: collections.Counter[str] = collections.Counter()
+    def call(oauth_token: str) -> str:
+        fetch_api_access_token(oauth_token=oauth_token)
+        return "ok"
 
-    def worker() -> None:
-        while True:
-            with lock:
-                index = position[0]
-                position[0] += 1
-            if index >= len(oauth_tokens):
-                return
-            try:
-                fetch_api_access_token(oauth_token=oauth_tokens[index])
-                outcome = "ok"
-            except Exception as exc:
-                outcome = type(exc).__name__
-            with lock:
-                counts[outcome] += 1
-
-    pool = [threading.Thread(target=worker, daemon=True) for _ in range(threads)]
     gate.wait()
     cpu_started = time.process_time()
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
+    _, counts = run_workers(oauth_tokens, call, workers=threads)
     results.put((dict(counts), time.time(), time.process_time() - cpu_started))
 
 
